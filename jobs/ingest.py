@@ -1,0 +1,26 @@
+"""Spark job: ingest -> clean -> chunk (bronze, quarantine, silver, duplicates, chunks, QA tables).
+
+Local:    .venv/bin/python jobs/ingest.py --config configs/demo.yaml
+Cluster:  spark-submit --master spark://HOST:7077 \
+            --jars .jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar \
+            --files configs/demo.yaml --py-files dist/rag_spark.zip \
+            jobs/ingest.py --config demo.yaml --dataset s3a://bucket/dataset --lake s3a://bucket/lake
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _common import parse
+
+from rag_spark.pipeline import Pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv, __doc__ or "")
+    Pipeline(cfg).run(["ingest", "clean", "chunk"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

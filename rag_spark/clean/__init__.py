@@ -1,0 +1,1 @@
+"""Cleaning: text normalization, exact dedup and chunking — pure DataFrame -> DataFrame functions."""

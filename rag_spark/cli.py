@@ -1,0 +1,136 @@
+"""`rag-spark` command line: run the whole pipeline or one stage, prepare the demo data, prepare models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rag_spark.config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger("rag_spark")
+
+_STAGE_HELP = {
+    "ingest": "dataset folder -> bronze, quarantine, queries, qrels, gold_answers",
+    "clean": "bronze -> silver (normalized, exact dedup), duplicates",
+    "chunk": "silver -> chunks",
+    "embed": "chunks -> embeddings (Ray actor pool)",
+    "index": "embeddings -> sharded FAISS index + manifest",
+    "retrieve": "queries -> retrievals (top-k per question, latency)",
+    "generate": "retrievals -> answers (vLLM)",
+    "evaluate": "retrievals + answers -> metrics, eval_details, metrics.json",
+    "report": "tables -> report.html",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (defaults apply to every field it omits)")
+    p.add_argument("--dataset", help="dataset folder (overrides `dataset`)")
+    p.add_argument("--out", help="output folder (overrides `out`)")
+    p.add_argument("--lake", help="root of the Delta tables (overrides `lake`; default <out>/lake)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag-spark", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every stage (or --stages a,b,c)")
+    _common(run)
+    run.add_argument("--stages", help="comma-separated subset of stages, in pipeline order")
+    for stage, help_text in _STAGE_HELP.items():
+        _common(sub.add_parser(stage, help=help_text))
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="build the embedded demo dataset (Debian FAQ fr + Wikipedia fr)")
+    prep.add_argument("--out", type=Path, default=Path("data/demo"))
+    prep.add_argument("--cache", type=Path, default=Path(".cache"))
+    prep.add_argument("--wiki-limit", type=int, default=None, help="keep only the first N Wikipedia summaries")
+    prep.add_argument("--tiny", action="store_true", help="build the tiny test fixture instead")
+    models = sub.add_parser("models", help="convert packaged GGUF models into folders vLLM loads")
+    models.add_argument("--config", type=Path)
+    models.add_argument("--models-dir", type=Path, default=None)
+    models.add_argument("specs", nargs="*", help="model specs (default: generate.model of the config)")
+    show = sub.add_parser("config", help="print the effective configuration (validated)")
+    _common(show)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> PipelineConfig:
+    cfg = load_config(args.config)
+    return cfg.with_overrides(dataset=args.dataset, out=args.out, lake=args.lake)
+
+
+def _print_summary(out: str) -> None:
+    metrics_path = Path(out) / "metrics.json"
+    report = Path(out) / "report.html"
+    if report.exists():
+        print(f"report:  {report.resolve()}")
+    if metrics_path.exists():
+        m = json.loads(metrics_path.read_text())
+        r, a, c = m["retrieval"], m["answers"], m["counts"]
+        print(f"metrics: {metrics_path.resolve()}")
+        print(
+            f"  retrieval  MRR@10 {r.get('mrr@10', float('nan')):.3f}  R@1 {r.get('recall@1', float('nan')):.3f}  "
+            f"R@5 {r.get('recall@5', float('nan')):.3f}  R@10 {r.get('recall@10', float('nan')):.3f}  "
+            f"nDCG@10 {r.get('ndcg@10', float('nan')):.3f}  latency p50 {r['latency_ms_p50']:.1f} ms"
+        )
+        print(f"  answers    F1 {a['f1']:.3f}  EM {a['em']:.3f}  ({a['answered']} answered)")
+        print(
+            f"  data       {c['documents']} documents, {c['duplicates']} duplicates, {c['quarantined']} quarantined,"
+            f" {c['chunks']} chunks, {c['queries']} questions"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "data":
+            from rag_spark.data.prepare import prepare_demo, prepare_tiny
+
+            info = (prepare_tiny if args.tiny else prepare_demo)(
+                args.out, args.cache, **({} if args.tiny else {"wiki_limit": args.wiki_limit})
+            )
+            print(json.dumps(info.get("counts", info), indent=2))
+            return 0
+        if args.command == "models":
+            from rag_spark.generate.models import prepare_models
+
+            cfg = load_config(args.config)
+            models_dir = args.models_dir or Path(cfg.generate.models_dir)
+            prepare_models(args.specs or [cfg.generate.model], models_dir)
+            return 0
+        cfg = _load(args)
+        if args.command == "config":
+            print(cfg.to_yaml(), end="")
+            return 0
+        from rag_spark.pipeline import STAGES, Pipeline
+
+        pipeline = Pipeline(cfg)
+        if args.command == "run":
+            stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+            if stages:
+                unknown = [s for s in stages if s not in STAGES]
+                if unknown:
+                    raise ConfigError(f"--stages: unknown {unknown}; choose from {', '.join(STAGES)}")
+            pipeline.run(stages)
+        else:
+            pipeline.run([args.command])
+        _print_summary(pipeline.cfg.out)
+        return 0
+    except ConfigError as err:
+        print(f"rag-spark: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rag-spark: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

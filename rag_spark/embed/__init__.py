@@ -1,0 +1,1 @@
+"""Embedding: encoders behind one Protocol, and the Ray actor callable that applies one to chunk batches."""

@@ -1,0 +1,193 @@
+"""Prompts: numbered context chunks packed to a token budget, rendered with the model's chat template.
+
+The model sees the retrieved chunks as `[1] text`, `[2] text`, ... and is told to answer briefly in the
+question's language from that context only, to cite chunk numbers like `[1]`, and to say exactly
+"Je ne sais pas." / "I don't know." when the context lacks the answer. `parse_citations` maps the numbers in an
+answer back to chunk ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rag_spark.config import GenerateConfig
+
+Language = Literal["fr", "en"]
+
+NO_ANSWER: dict[str, str] = {"fr": "Je ne sais pas.", "en": "I don't know."}
+"""The exact abstention each template asks for."""
+
+MIN_TRUNCATED_TOKENS = 16
+"""A chunk cut to fit the budget keeps at least this many tokens of text; a shorter tail is dropped instead."""
+
+# The detailed instruction comes after the excerpts and the question: small models follow the last thing they read.
+_TEMPLATES: dict[str, dict[str, str]] = {
+    "fr": {
+        "system": "Tu es un assistant qui répond aux questions sur une documentation à partir d'extraits numérotés.",
+        "context": "Extraits :",
+        "no_context": "Extraits : (aucun)",
+        "question": "Question :",
+        "instruction": (
+            "Réponds brièvement (une ou deux phrases), en français, la langue de la question, en t'appuyant "
+            "uniquement sur les extraits ci-dessus, et cite le numéro de l'extrait utilisé, par exemple [1]. "
+            "Si les extraits ne contiennent pas la réponse, réponds exactement : Je ne sais pas."
+        ),
+    },
+    "en": {
+        "system": "You are an assistant that answers questions about documentation from numbered excerpts.",
+        "context": "Excerpts:",
+        "no_context": "Excerpts: (none)",
+        "question": "Question:",
+        "instruction": (
+            "Answer briefly (one or two sentences), in English, the language of the question, using only the "
+            "excerpts above, and cite the number of the excerpt you used, for example [1]. "
+            "If the excerpts do not contain the answer, answer exactly: I don't know."
+        ),
+    },
+}
+
+_CHUNK_SEP = "\n\n"
+_CITATION = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+
+
+@dataclass(frozen=True)
+class PromptBuild:
+    """A rendered prompt and what went into it.
+
+    Attributes:
+        prompt: The chat-templated prompt string, ready for the engine.
+        prompt_hash: sha256 (hex) of `prompt`.
+        included_ids: Chunk ids in the prompt, in order; `[n]` in the prompt is `included_ids[n - 1]`.
+        context_tokens: Tokens of the context block (`[1] ...` through the last included chunk).
+        truncated: Whether the last included chunk was cut to fit the budget.
+    """
+
+    prompt: str
+    prompt_hash: str
+    included_ids: tuple[str, ...]
+    context_tokens: int
+    truncated: bool
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of `text` for a Hugging Face tokenizer, without special tokens."""
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def pack_context(contexts: Sequence[tuple[str, str]], tokenizer: Any, max_tokens: int) -> tuple[str, list[str], bool]:
+    """Joins `[n] text` blocks until the token budget is spent.
+
+    Chunks are taken in order; the first one that does not fit whole is cut at a token boundary to fill the
+    remaining budget (if at least `MIN_TRUNCATED_TOKENS` of its text fit), and the rest are dropped.
+
+    Args:
+        contexts: (chunk_id, text) pairs, best first.
+        tokenizer: The model's tokenizer.
+        max_tokens: Budget for the whole block, separators and `[n]` markers included.
+
+    Returns:
+        The block, the included chunk ids, and whether the last one was truncated.
+    """
+    block = ""
+    ids: list[str] = []
+    for chunk_id, text in contexts:
+        text = " ".join(text.split())
+        if not text:
+            continue
+        head = f"{block}{_CHUNK_SEP if block else ''}[{len(ids) + 1}] "
+        candidate = head + text
+        if count_tokens(tokenizer, candidate) <= max_tokens:
+            block = candidate
+            ids.append(chunk_id)
+            continue
+        cut = _longest_fitting_prefix(head, text, tokenizer, max_tokens)
+        if cut is not None:
+            block = head + cut
+            ids.append(chunk_id)
+            return block, ids, True
+        break
+    return block, ids, False
+
+
+def _longest_fitting_prefix(head: str, text: str, tokenizer: Any, max_tokens: int) -> str | None:
+    """The longest token-prefix of `text` such that `head + prefix` fits in `max_tokens` (binary search)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    lo, hi, best = MIN_TRUNCATED_TOKENS, len(offsets) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        prefix = text[: offsets[mid - 1][1]].rstrip()
+        if count_tokens(tokenizer, head + prefix + " …") <= max_tokens:
+            best, lo = prefix + " …", mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def build_prompt(
+    question: str,
+    contexts: Sequence[tuple[str, str]],
+    tokenizer: Any,
+    cfg: GenerateConfig,
+    language: Language | None = None,
+) -> PromptBuild:
+    """Renders the prompt for one question.
+
+    Args:
+        question: The user's question.
+        contexts: (chunk_id, text) pairs, best first; at most `cfg.context_chunks` are considered.
+        tokenizer: The model's Hugging Face tokenizer; its chat template renders the messages.
+        cfg: Generation settings (`context_chunks`, `max_context_tokens`, `language`).
+        language: Template language; None uses `cfg.language`.
+
+    Returns:
+        The rendered prompt, its sha256, and the chunk ids actually included.
+    """
+    lang = language or cfg.language
+    t = _TEMPLATES[lang]
+    block, ids, truncated = pack_context(list(contexts)[: cfg.context_chunks], tokenizer, cfg.max_context_tokens)
+    context_part = f"{t['context']}\n{block}" if block else t["no_context"]
+    messages = [
+        {"role": "system", "content": t["system"]},
+        {
+            "role": "user",
+            "content": f"{context_part}\n\n{t['question']} {' '.join(question.split())}\n\n{t['instruction']}",
+        },
+    ]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return PromptBuild(
+        prompt=prompt,
+        prompt_hash=hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+        included_ids=tuple(ids),
+        context_tokens=count_tokens(tokenizer, block) if block else 0,
+        truncated=truncated,
+    )
+
+
+def parse_citations(answer: str, included_ids: Sequence[str]) -> list[str]:
+    """Maps `[n]` / `[n, m]` citations in an answer to chunk ids.
+
+    Args:
+        answer: Generated text.
+        included_ids: The prompt's chunk ids; `[n]` refers to `included_ids[n - 1]`.
+
+    Returns:
+        Cited chunk ids in order of first citation, without duplicates; numbers outside 1..len are ignored.
+    """
+    cited: list[str] = []
+    for match in _CITATION.finditer(answer):
+        for number in re.split(r"[,;]", match.group(1)):
+            n = int(number)
+            if 1 <= n <= len(included_ids) and included_ids[n - 1] not in cited:
+                cited.append(included_ids[n - 1])
+    return cited
+
+
+def is_no_answer(answer: str) -> bool:
+    """Whether an answer is the abstention of either template (case and trailing punctuation ignored)."""
+    norm = answer.strip().strip(".!").strip().lower().replace("’", "'")
+    return norm in {v.strip(".").lower() for v in NO_ANSWER.values()}

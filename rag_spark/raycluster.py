@@ -1,0 +1,170 @@
+"""The Ray side of the pipeline: starting/joining Ray and running the stage callables on actor pools and tasks.
+
+Data crosses between Spark and Ray as parquet folders staged in the lake (written and merged into Delta by
+Spark, read and written by Ray workers in parallel), so neither side collects a table on its driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame
+
+from rag_spark.config import PipelineConfig, RayConfig
+from rag_spark.embed.models import model_id
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Connects to `cfg.address`, or starts a local Ray with an explicit CPU count (idempotent)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Workers must import rag_spark: in a source checkout, ship the project folder on the PYTHONPATH.
+    project = str(Path(__file__).resolve().parent.parent)
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")]))}}
+    if cfg.address:
+        ray.init(address=cfg.address, runtime_env=env, log_to_driver=True)
+        return
+    kwargs: dict[str, Any] = {
+        "num_cpus": cfg.num_cpus or os.cpu_count() or 1,
+        "include_dashboard": False,
+        "runtime_env": env,
+    }
+    if cfg.object_store_memory_mb:
+        kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+    ray.init(**kwargs)
+    log.info("local Ray started with %s CPUs", kwargs["num_cpus"])
+
+
+def _quiet_progress() -> None:
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("RAG_SPARK_PROGRESS", "1") == "1"
+    ctx.verbose_progress = False
+
+
+def embed_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig, run_id: str) -> None:
+    """Embeds the staged chunks with an actor pool (one model per actor) and writes parquet to `staged_out`."""
+    import ray
+
+    from rag_spark.embed.ray_embed import EmbedBatch
+
+    init_ray(cfg.ray)
+    _quiet_progress()
+    ecfg = cfg.embed
+    # Ray's reader coalesces small files into one block; smaller blocks keep every actor busy.
+    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=ecfg.batch_size * 4)
+    ds = ds.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={"cfg": ecfg, "run_id": run_id},
+        batch_size=ecfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
+        num_cpus=ecfg.cpus_per_actor,
+        num_gpus=ecfg.gpus_per_actor or None,
+    )
+    ds.write_parquet(staged_out)
+
+
+def build_index_with_ray(
+    staged: str,
+    embeddings: DataFrame,
+    index_root: Path,
+    cfg: PipelineConfig,
+    *,
+    run_id: str,
+    source_version: int,
+    config_hash: str,
+) -> Any:
+    """Trains once on a sample, builds every shard as a parallel Ray task, then publishes the manifest."""
+    import ray
+
+    from rag_spark.index.manifest import Manifest, publish
+    from rag_spark.index.shards import empty_index, train_index, vectors_from_arrow
+
+    init_ray(cfg.ray)
+    icfg = cfg.index
+    t0 = time.perf_counter()
+    first = embeddings.select("dim", "normalized").first()
+    if first is None:
+        raise RuntimeError("index: the embeddings table holds no vector for this model; run the embed stage")
+    dim, normalized = int(first["dim"]), bool(first["normalized"])
+    sample = np.zeros((0, dim), dtype=np.float32)
+    if not empty_index(icfg.factory, dim, icfg.metric).is_trained:
+        total = embeddings.count()
+        frac = min(1.0, icfg.train_sample / max(total, 1) * 1.2)
+        rows = embeddings.sample(fraction=frac, seed=0).limit(icfg.train_sample).select("chunk_key", "vector")
+        _, sample = vectors_from_arrow(rows.toArrow())
+    trained = train_index(icfg.factory, dim, icfg.metric, sample)
+    build_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    build_dir = index_root / "builds" / build_id
+    build_dir.mkdir(parents=True, exist_ok=True)
+    trained_ref = ray.put(trained)
+    task = ray.remote(num_cpus=0.5)(_build_shard_task)
+    futures = [
+        task.remote(trained_ref, f"{staged}/shard={i}", str(build_dir / f"shard-{i:03d}.faiss"))
+        for i in range(icfg.shards)
+    ]
+    shards = ray.get(futures)
+    manifest = Manifest(
+        build_id=build_id,
+        factory=icfg.factory,
+        metric=icfg.metric,
+        dim=dim,
+        model_id=model_id(cfg.embed.model),
+        normalized=normalized,
+        ntotal=sum(s.count for s in shards),
+        shards=shards,
+        source_table="embeddings",
+        source_version=source_version,
+        config_hash=config_hash,
+        run_id=run_id,
+        created_at=datetime.now(UTC).isoformat(),
+        build_seconds=round(time.perf_counter() - t0, 3),
+        extra={"train_vectors": len(sample)},
+    )
+    expected = embeddings.count()
+    if manifest.ntotal != expected:
+        raise RuntimeError(f"index: shards hold {manifest.ntotal} vectors, embeddings has {expected}; not published")
+    publish(index_root, manifest)
+    log.info("published index %s: %d vectors in %d shards", build_id, manifest.ntotal, len(shards))
+    return manifest
+
+
+def _build_shard_task(trained: bytes, shard_dir: str, out_file: str) -> Any:
+    from rag_spark.index.shards import build_shard
+
+    return build_shard(trained, shard_dir, out_file)
+
+
+def generate_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig) -> None:
+    """Answers the staged questions with an actor pool of LLM engines and writes parquet to `staged_out`."""
+    import ray
+
+    from rag_spark.generate.ray_qa import AnswerBatch
+
+    init_ray(cfg.ray)
+    _quiet_progress()
+    gcfg = cfg.generate
+    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=gcfg.batch_size)
+    ds = ds.map_batches(
+        AnswerBatch,
+        fn_constructor_kwargs={"cfg": gcfg},
+        batch_size=gcfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=gcfg.actors),
+        num_cpus=gcfg.cpus_per_actor,
+        num_gpus=gcfg.gpus_per_actor or None,
+    )
+    ds.write_parquet(staged_out)

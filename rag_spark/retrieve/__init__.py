@@ -1,0 +1,1 @@
+"""Retrieval: dense search over the sharded index, collapsed from chunks to documents."""

@@ -1,0 +1,229 @@
+"""Names and Spark schemas of every Delta table the pipeline writes, and the keys they are merged on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+
+def _s(*fields: tuple[str, object, bool]) -> StructType:
+    return StructType([StructField(n, t, nullable) for n, t, nullable in fields])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Delta table of the lake: its folder name, schema and merge key."""
+
+    name: str
+    schema: StructType
+    key: tuple[str, ...]
+
+
+BRONZE = Table(
+    "bronze",
+    _s(
+        ("doc_id", StringType(), False),
+        ("source_uri", StringType(), False),
+        ("format", StringType(), False),
+        ("title", StringType(), True),
+        ("raw_text", StringType(), False),
+        ("content_hash", StringType(), False),
+        ("size_bytes", LongType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("doc_id",),
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    _s(
+        ("stage", StringType(), False),
+        ("source_uri", StringType(), False),
+        ("record_id", StringType(), False),
+        ("reason", StringType(), False),
+        ("detail", StringType(), True),
+        ("snippet", StringType(), True),
+        ("run_id", StringType(), False),
+    ),
+    ("stage", "source_uri", "record_id"),
+)
+
+SILVER = Table(
+    "silver",
+    _s(
+        ("doc_id", StringType(), False),
+        ("source_uri", StringType(), False),
+        ("format", StringType(), False),
+        ("title", StringType(), True),
+        ("text", StringType(), False),
+        ("text_hash", StringType(), False),
+        ("n_chars", IntegerType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("doc_id",),
+)
+
+DUPLICATES = Table(
+    "duplicates",
+    _s(
+        ("doc_id", StringType(), False),
+        ("duplicate_of", StringType(), False),
+        ("similarity", DoubleType(), False),
+        ("method", StringType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("doc_id",),
+)
+
+CHUNKS = Table(
+    "chunks",
+    _s(
+        ("chunk_id", StringType(), False),
+        ("chunk_key", LongType(), False),
+        ("doc_id", StringType(), False),
+        ("chunk_index", IntegerType(), False),
+        ("title", StringType(), True),
+        ("text", StringType(), False),
+        ("text_hash", StringType(), False),
+        ("n_tokens", IntegerType(), False),
+        ("start_char", IntegerType(), False),
+        ("end_char", IntegerType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("chunk_id",),
+)
+
+EMBEDDINGS = Table(
+    "embeddings",
+    _s(
+        ("chunk_id", StringType(), False),
+        ("chunk_key", LongType(), False),
+        ("model_id", StringType(), False),
+        ("text_hash", StringType(), False),
+        ("vector", ArrayType(FloatType()), False),
+        ("dim", IntegerType(), False),
+        ("normalized", BooleanType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("chunk_id", "model_id"),
+)
+
+QUERIES = Table(
+    "queries",
+    _s(("query_id", StringType(), False), ("text", StringType(), False)),
+    ("query_id",),
+)
+
+QRELS = Table(
+    "qrels",
+    _s(("query_id", StringType(), False), ("doc_id", StringType(), False), ("score", IntegerType(), False)),
+    ("query_id", "doc_id"),
+)
+
+GOLD_ANSWERS = Table(
+    "gold_answers",
+    _s(("query_id", StringType(), False), ("answer", StringType(), False)),
+    ("query_id",),
+)
+
+RETRIEVALS = Table(
+    "retrievals",
+    _s(
+        ("config_hash", StringType(), False),
+        ("query_id", StringType(), False),
+        ("rank", IntegerType(), False),
+        ("doc_id", StringType(), False),
+        ("chunk_id", StringType(), False),
+        ("score", DoubleType(), False),
+        ("latency_ms", DoubleType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("config_hash", "query_id", "rank"),
+)
+
+ANSWERS = Table(
+    "answers",
+    _s(
+        ("config_hash", StringType(), False),
+        ("query_id", StringType(), False),
+        ("answer", StringType(), False),
+        ("cited_chunk_ids", ArrayType(StringType()), False),
+        ("context_chunk_ids", ArrayType(StringType()), False),
+        ("prompt_hash", StringType(), False),
+        ("model_id", StringType(), False),
+        ("tokens_in", IntegerType(), False),
+        ("tokens_out", IntegerType(), False),
+        ("latency_ms", DoubleType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("config_hash", "query_id"),
+)
+
+METRICS = Table(
+    "metrics",
+    _s(
+        ("run_id", StringType(), False),
+        ("config_hash", StringType(), False),
+        ("scope", StringType(), False),
+        ("name", StringType(), False),
+        ("value", DoubleType(), True),
+    ),
+    ("run_id", "scope", "name"),
+)
+
+EVAL_DETAILS = Table(
+    "eval_details",
+    _s(
+        ("run_id", StringType(), False),
+        ("config_hash", StringType(), False),
+        ("query_id", StringType(), False),
+        ("metric", StringType(), False),
+        ("value", DoubleType(), True),
+    ),
+    ("run_id", "query_id", "metric"),
+)
+
+LINEAGE = Table(
+    "lineage",
+    _s(
+        ("run_id", StringType(), False),
+        ("stage", StringType(), False),
+        ("config_hash", StringType(), False),
+        ("inputs", MapType(StringType(), LongType(), False), False),
+        ("outputs", MapType(StringType(), LongType(), False), False),
+        ("rows", LongType(), False),
+        ("seconds", DoubleType(), False),
+        ("finished_at", TimestampType(), False),
+    ),
+    ("run_id", "stage"),
+)
+
+ALL_TABLES = [
+    BRONZE,
+    QUARANTINE,
+    SILVER,
+    DUPLICATES,
+    CHUNKS,
+    EMBEDDINGS,
+    QUERIES,
+    QRELS,
+    GOLD_ANSWERS,
+    RETRIEVALS,
+    ANSWERS,
+    METRICS,
+    EVAL_DETAILS,
+    LINEAGE,
+]

@@ -1,0 +1,59 @@
+"""Shared fixtures: one SparkSession with Delta for the whole session, one local Ray, the tiny real dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+TINY = Path(__file__).parent / "data" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from rag_spark.config import SparkConfig
+    from rag_spark.spark import build_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = build_spark(
+        SparkConfig(
+            master="local[2]",
+            shuffle_partitions=2,
+            driver_memory="2g",
+            conf={"spark.sql.warehouse.dir": str(warehouse)},
+        )
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    from rag_spark.config import RayConfig
+    from rag_spark.raycluster import init_ray
+
+    init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def encoder():  # type: ignore[no-untyped-def]
+    from rag_spark.config import EmbedConfig
+    from rag_spark.embed.encoders import build_encoder
+
+    return build_encoder(EmbedConfig())

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from rag_spark.config import ConfigError, PipelineConfig, load_config, load_config_dict
+
+
+def test_defaults_are_valid_and_hash_is_stable() -> None:
+    a, b = PipelineConfig(), PipelineConfig()
+    assert a.config_hash == b.config_hash
+    assert len(a.config_hash) == 16
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("embed:\n  modle: x\n")
+    with pytest.raises(ConfigError, match=r"embed\.modle: unknown field"):
+        load_config(p)
+
+
+def test_bad_literal_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config_dict({"index": {"metric": "cosine"}})
+    assert "index.metric" in str(err.value)
+    assert "'ip'" in str(err.value) and "'l2'" in str(err.value)
+
+
+def test_overlap_must_be_below_size() -> None:
+    with pytest.raises(ConfigError, match="overlap_tokens"):
+        load_config_dict({"chunk": {"size_tokens": 64, "overlap_tokens": 64}})
+
+
+def test_missing_and_non_mapping_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_stage_hash_follows_upstream_only() -> None:
+    base = PipelineConfig()
+    other_chunk = load_config_dict({"chunk": {"size_tokens": 128}})
+    other_gen = load_config_dict({"generate": {"max_tokens": 10}})
+    assert base.stage_hash("clean") == other_chunk.stage_hash("clean")
+    assert base.stage_hash("embed") != other_chunk.stage_hash("embed")
+    assert base.stage_hash("retrieve") == other_gen.stage_hash("retrieve")
+    assert base.stage_hash("generate") != other_gen.stage_hash("generate")
+
+
+def test_cache_locations_do_not_change_hashes(tmp_path: Path) -> None:
+    a = load_config_dict({"generate": {"models_dir": str(tmp_path / "m1")}})
+    b = load_config_dict({"generate": {"models_dir": str(tmp_path / "m2")}, "out": "elsewhere"})
+    assert a.config_hash == b.config_hash
+    assert a.stage_hash("generate") == b.stage_hash("generate")
+
+
+def test_resolved_paths_are_absolute() -> None:
+    cfg = load_config_dict({"dataset": "data/x", "out": "reports/y"}).resolved()
+    assert Path(cfg.dataset).is_absolute() and Path(cfg.out).is_absolute()
+    assert Path(cfg.lake_root).is_absolute()

