@@ -76,7 +76,10 @@ def _print_summary(out: str) -> None:
             f"R@5 {r.get('recall@5', float('nan')):.3f}  R@10 {r.get('recall@10', float('nan')):.3f}  "
             f"nDCG@10 {r.get('ndcg@10', float('nan')):.3f}  latency p50 {r['latency_ms_p50']:.1f} ms"
         )
-        print(f"  answers    F1 {a['f1']:.3f}  EM {a['em']:.3f}  ({a['answered']} answered)")
+        if a["f1"] is not None:
+            print(f"  answers    F1 {a['f1']:.3f}  EM {a['em']:.3f}  ({a['answered']} answered)")
+        else:
+            print("  answers    none (generate.backend=none)")
         print(
             f"  data       {c['documents']} documents, {c['duplicates']} duplicates, {c['quarantined']} quarantined,"
             f" {c['chunks']} chunks, {c['queries']} questions"

@@ -396,7 +396,7 @@ class Pipeline:
         summary["timings_s"]["evaluate"] = round(res.seconds, 3)
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
         res.info = summary
         return res
 

@@ -69,6 +69,13 @@ def _timings(p: Pipeline) -> dict[str, float]:
     return out
 
 
+def _json_number(v: float | int) -> float | int | None:
+    """Rounded for metrics.json; NaN (nothing to measure) becomes null, which JSON can represent."""
+    if isinstance(v, float):
+        return None if np.isnan(v) else round(v, 6)
+    return v
+
+
 def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     """Scores retrieval and answers of the current configuration; writes metrics/eval_details."""
     cfg, lake = p.cfg, p.lake
@@ -118,14 +125,14 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_id": p.run_id,
         "config_hash": cfg.config_hash,
-        "retrieval": {k: round(v, 6) for k, v in retrieval.items()},
-        "answers": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in answer_m.items()},
+        "retrieval": {k: _json_number(v) for k, v in retrieval.items()},
+        "answers": {k: _json_number(v) for k, v in answer_m.items()},
         "counts": counts,
         "timings_s": _timings(p),
     }
 
     metric_rows = [
-        (p.run_id, eh, scope, name, None if (isinstance(v, float) and np.isnan(v)) else float(v))
+        (p.run_id, eh, scope, name, None if v is None else float(v))
         for scope in ("retrieval", "answers", "counts", "timings_s")
         for name, v in summary[scope].items()
     ]

@@ -24,29 +24,28 @@ NO_ANSWER: dict[str, str] = {"fr": "Je ne sais pas.", "en": "I don't know."}
 MIN_TRUNCATED_TOKENS = 16
 """A chunk cut to fit the budget keeps at least this many tokens of text; a shorter tail is dropped instead."""
 
-# The detailed instruction comes after the excerpts and the question: small models follow the last thing they read.
 _TEMPLATES: dict[str, dict[str, str]] = {
     "fr": {
-        "system": "Tu es un assistant qui répond aux questions sur une documentation à partir d'extraits numérotés.",
-        "context": "Extraits :",
-        "no_context": "Extraits : (aucun)",
-        "question": "Question :",
-        "instruction": (
-            "Réponds brièvement (une ou deux phrases), en français, la langue de la question, en t'appuyant "
-            "uniquement sur les extraits ci-dessus, et cite le numéro de l'extrait utilisé, par exemple [1]. "
-            "Si les extraits ne contiennent pas la réponse, réponds exactement : Je ne sais pas."
+        "system": (
+            "Tu es un assistant qui répond aux questions à partir d'extraits de documentation. "
+            "Réponds brièvement, en français (la langue de la question), en utilisant uniquement le contexte "
+            "fourni. Cite les numéros des extraits utilisés entre crochets, par exemple [1]. "
+            "Si le contexte ne contient pas la réponse, réponds exactement : Je ne sais pas."
         ),
+        "context": "Contexte :",
+        "no_context": "Contexte : (aucun extrait)",
+        "question": "Question :",
     },
     "en": {
-        "system": "You are an assistant that answers questions about documentation from numbered excerpts.",
-        "context": "Excerpts:",
-        "no_context": "Excerpts: (none)",
-        "question": "Question:",
-        "instruction": (
-            "Answer briefly (one or two sentences), in English, the language of the question, using only the "
-            "excerpts above, and cite the number of the excerpt you used, for example [1]. "
-            "If the excerpts do not contain the answer, answer exactly: I don't know."
+        "system": (
+            "You are an assistant that answers questions from documentation excerpts. "
+            "Answer briefly, in English (the language of the question), using only the given context. "
+            "Cite the numbers of the excerpts you use in square brackets, for example [1]. "
+            "If the context does not contain the answer, answer exactly: I don't know."
         ),
+        "context": "Context:",
+        "no_context": "Context: (no excerpts)",
+        "question": "Question:",
     },
 }
 
@@ -153,10 +152,7 @@ def build_prompt(
     context_part = f"{t['context']}\n{block}" if block else t["no_context"]
     messages = [
         {"role": "system", "content": t["system"]},
-        {
-            "role": "user",
-            "content": f"{context_part}\n\n{t['question']} {' '.join(question.split())}\n\n{t['instruction']}",
-        },
+        {"role": "user", "content": f"{context_part}\n\n{t['question']} {' '.join(question.split())}"},
     ]
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return PromptBuild(

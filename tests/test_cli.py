@@ -1,0 +1,28 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rag_spark.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("index:\n  shards: 0\n  metric: cosine\n")
+    res = _cli("run", "--config", str(bad))
+    assert res.returncode == 2
+    assert "index.shards" in res.stderr and "index.metric" in res.stderr
+
+
+def test_unknown_stage(tmp_path: Path) -> None:
+    res = _cli("run", "--stages", "ingest,frobnicate", "--out", str(tmp_path))
+    assert res.returncode == 2 and "frobnicate" in res.stderr
+
+
+def test_config_prints_effective_yaml() -> None:
+    res = _cli("config", "--config", str(ROOT / "configs" / "demo.yaml"))
+    assert res.returncode == 0
+    assert "factory: Flat" in res.stdout and "model: packaged:all-MiniLM-L6-v2" in res.stdout

@@ -1,0 +1,136 @@
+"""The whole pipeline on the tiny real dataset through the real components: Spark + Delta, Ray actors,
+sentence-transformers (packaged MiniLM), sharded FAISS, vLLM on the CPU (packaged SmolLM2), Bokeh."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from rag_spark import schema as S
+from rag_spark.config import load_config
+from rag_spark.index.manifest import current_manifest
+from rag_spark.pipeline import Pipeline
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run(spark, ray_local, tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("e2e")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(dataset=str(ROOT / "tests/data/tiny"), out=str(out))
+    pipeline = Pipeline(cfg, spark=spark)
+    results = pipeline.run()
+    return pipeline, results, out
+
+
+def test_tables_counts_and_accounting(run) -> None:  # type: ignore[no-untyped-def]
+    p, results, _ = run
+    lake = p.lake
+    for table in (S.BRONZE, S.SILVER, S.CHUNKS, S.EMBEDDINGS, S.RETRIEVALS, S.ANSWERS, S.METRICS, S.LINEAGE):
+        assert lake.read(table).schema.simpleString() == table.schema.simpleString(), table.name
+    bronze = lake.read(S.BRONZE).count()
+    quarantine = lake.read(S.QUARANTINE)
+    ingest_q = quarantine.where("stage = 'ingest'").count()
+    # 11 files + 13 JSONL lines (the malformed one and the empty file are quarantined)
+    assert bronze + ingest_q == 11 + 14
+    assert {r.reason for r in quarantine.where("stage = 'ingest'").collect()} == {"empty file", "malformed JSON line"}
+    dups = lake.read(S.DUPLICATES).collect()
+    assert [(d.doc_id, d.duplicate_of) for d in dups] == [("wiki/9002-copy", "wiki/9002")]
+    silver = lake.read(S.SILVER).count()
+    clean_q = quarantine.where("stage = 'clean'").count()
+    assert bronze == silver + len(dups) + clean_q
+    metrics = json.loads((p.cfg.out and Path(p.cfg.out) / "metrics.json").read_text())
+    c = metrics["counts"]
+    assert c["documents"] == c["kept"] + c["duplicates"] + c["quarantined"] == 25
+
+
+def test_versions_and_lineage(run) -> None:  # type: ignore[no-untyped-def]
+    p, results, _ = run
+    lake = p.lake
+    stages = {r.stage for r in lake.read(S.LINEAGE).where(F.col("run_id") == p.run_id).collect()}
+    assert stages == {"ingest", "clean", "chunk", "embed", "index", "retrieve", "generate", "evaluate", "report"}
+    v = lake.version(S.CHUNKS)
+    assert v is not None
+    meta = lake.commit_metadata(S.CHUNKS, v)
+    assert meta["run_id"] == p.run_id and meta["config_hash"] == p.cfg.stage_hash("chunk")
+    assert meta["inputs"] == {"silver": results["clean"].outputs["silver"]}
+
+
+def test_index_holds_every_chunk(run) -> None:  # type: ignore[no-untyped-def]
+    p, results, _ = run
+    manifest, build_dir = current_manifest(p.index_root)
+    chunks = p.lake.read(S.CHUNKS).count()
+    assert manifest.ntotal == chunks == sum(s.count for s in manifest.shards)
+    assert len(manifest.shards) == 2 and all(s.count > 0 for s in manifest.shards)
+    assert manifest.source_version == p.lake.version(S.EMBEDDINGS)
+    assert manifest.model_id == "all-MiniLM-L6-v2" and manifest.dim == 384
+
+
+def test_metrics_in_range(run) -> None:  # type: ignore[no-untyped-def]
+    p, _, out = run
+    m = json.loads((out / "metrics.json").read_text())
+    r = m["retrieval"]
+    for key in ("mrr@10", "recall@1", "recall@5", "recall@10", "ndcg@10"):
+        assert 0.0 <= r[key] <= 1.0
+    assert r["recall@1"] <= r["recall@5"] <= r["recall@10"]
+    # Six French questions against 22 documents: a working dense retriever finds most gold sections.
+    assert r["recall@10"] >= 0.5 and r["mrr@10"] >= 0.25
+    assert r["latency_ms_p50"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"]
+    a = m["answers"]
+    assert a["answered"] == 6
+    assert 0.0 <= a["f1"] <= 1.0 and 0.0 <= a["em"] <= 1.0
+    assert set(m["timings_s"]) >= {"ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"}
+    assert m["run_id"] == p.run_id and m["config_hash"] == p.cfg.config_hash
+
+
+def test_answers_cite_retrieved_chunks(run) -> None:  # type: ignore[no-untyped-def]
+    p, _, _ = run
+    answers = p.lake.read(S.ANSWERS).collect()
+    assert len(answers) == 6
+    for a in answers:
+        assert a.answer.strip() and a.tokens_out > 0 and a.tokens_in > 0
+        assert set(a.cited_chunk_ids) <= set(a.context_chunk_ids)
+        assert a.model_id.startswith("SmolLM2-135M-Instruct")
+
+
+class _Sections(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h2: list[str] = []
+        self._in = False
+
+    def handle_starttag(self, tag, attrs):  # type: ignore[no-untyped-def]
+        self._in = tag == "h2"
+
+    def handle_data(self, data):  # type: ignore[no-untyped-def]
+        if self._in and data.strip():
+            self.h2.append(data.strip())
+            self._in = False
+
+
+def test_report(run) -> None:  # type: ignore[no-untyped-def]
+    p, _, out = run
+    html = (out / "report.html").read_text()
+    parser = _Sections()
+    parser.feed(html)
+    for section in ("Overview", "Retrieval", "Data statistics", "Answer quality", "Case studies"):
+        assert any(section in h for h in parser.h2), section
+    assert p.run_id in html and p.cfg.config_hash in html
+    assert "cdn.bokeh.org" not in html
+
+
+def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def]
+    p, _, _ = run
+    before = {t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)}
+    again = Pipeline(p.cfg, spark=spark)
+    res = again.run(["ingest", "clean", "chunk", "embed", "generate"])
+    assert res["embed"].info["embedded"] == 0
+    assert res["generate"].info["to_answer"] == 0
+    after = {t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)}
+    assert before == after
+    assert p.lake.read(S.ANSWERS).count() == 6
