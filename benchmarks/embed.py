@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
-from rag_spark.config import EmbedConfig, PipelineConfig, RayConfig  # noqa: E402
-from rag_spark.embed.encoders import passage_text  # noqa: E402
-from rag_spark.embed.models import resolve_encoder  # noqa: E402
+from rag_spark.config import EmbedConfig, PipelineConfig, RayConfig
+from rag_spark.embed.encoders import passage_text
+from rag_spark.embed.models import resolve_encoder
 
 
 def load_texts(n: int) -> list[tuple[str, str]]:

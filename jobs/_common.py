@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rag_spark.config import ConfigError, PipelineConfig, load_config
+from rag_spark.pipeline import Pipeline
 
 
 def parse(argv: list[str] | None, description: str) -> PipelineConfig:
@@ -24,3 +25,9 @@ def parse(argv: list[str] | None, description: str) -> PipelineConfig:
     except ConfigError as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_stages(argv: list[str] | None, description: str, stages: list[str]) -> int:
+    """A job's whole body: validated config in, the given stages run in order, exit code out."""
+    Pipeline(parse(argv, description)).run(stages)
+    return 0

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from _common import parse
-
-from rag_spark.pipeline import Pipeline
+from _common import run_stages
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(argv, __doc__ or "")
-    Pipeline(cfg).run(["embed", "index"])
-    return 0
+    return run_stages(argv, __doc__ or "", ["embed", "index"])
 
 
 if __name__ == "__main__":

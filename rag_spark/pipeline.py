@@ -11,6 +11,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +104,17 @@ class Pipeline:
             raise RuntimeError(f"table '{table.name}' does not exist in {self.lake.root}: run the earlier stages first")
         inputs[table.name] = version
         return self.lake.read(table, version)
+
+    @contextmanager
+    def _staged(self, df: DataFrame, name: str) -> Iterator[tuple[str, str]]:
+        """Stages `df` as parquet for Ray workers; yields (input folder, output folder); removes both after."""
+        staged_in = self.lake.write_staging(df, f"{name}-in")
+        staged_out = self.lake.staging_dir(f"{name}-out")
+        try:
+            yield staged_in, staged_out
+        finally:
+            self.lake.drop_staging(staged_in)
+            self.lake.drop_staging(staged_out)
 
     def _finish(self, result: StageResult, t0: float) -> StageResult:
         result.seconds = time.perf_counter() - t0
@@ -227,9 +240,7 @@ class Pipeline:
             res.outputs["embeddings"] = self.lake.version(S.EMBEDDINGS) or 0
             log.info("embed: every chunk already has a %s embedding", mid)
             return self._finish(res, t0)
-        staged_in = self.lake.write_staging(todo, "embed-in")
-        staged_out = self.lake.staging_dir("embed-out")
-        try:
+        with self._staged(todo, "embed") as (staged_in, staged_out):
             if n_todo:
                 embed_with_ray(staged_in, staged_out, self.cfg, self.run_id)
                 new = self.lake.read_staging(staged_out)
@@ -249,9 +260,6 @@ class Pipeline:
                 changed="t.text_hash <> s.text_hash",
                 delete_missing=f"t.model_id = '{mid}'",
             )
-        finally:
-            self.lake.drop_staging(staged_in)
-            self.lake.drop_staging(staged_out)
         res.rows = n_todo
         return self._finish(res, t0)
 
@@ -369,18 +377,13 @@ class Pipeline:
         if n_todo == 0 and self.lake.exists(S.ANSWERS):
             res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
             return self._finish(res, t0)
-        staged_in = self.lake.write_staging(todo, "generate-in")
-        staged_out = self.lake.staging_dir("generate-out")
-        try:
+        with self._staged(todo, "generate") as (staged_in, staged_out):
             generate_with_ray(staged_in, staged_out, self.cfg)
             new = self.lake.read_staging(staged_out).select(
                 F.lit(h).alias("config_hash"), "*", F.lit(self.run_id).alias("run_id")
             )
             # Resumable: earlier answers of this config stay; only new questions are added.
             res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
-        finally:
-            self.lake.drop_staging(staged_in)
-            self.lake.drop_staging(staged_out)
         res.rows = n_todo
         return self._finish(res, t0)
 

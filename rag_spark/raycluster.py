@@ -54,27 +54,56 @@ def _quiet_progress() -> None:
     ctx.verbose_progress = False
 
 
-def embed_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig, run_id: str) -> None:
-    """Embeds the staged chunks with an actor pool (one model per actor) and writes parquet to `staged_out`."""
+def map_with_actor_pool(
+    staged_in: str,
+    staged_out: str,
+    fn: type,
+    fn_kwargs: dict[str, Any],
+    *,
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    batch_size: int,
+    rows_per_block: int,
+) -> None:
+    """Runs callable class `fn` over a staged parquet folder with a pool of `actors` actors (each builds `fn`
+    once), and writes the outputs as parquet to `staged_out`."""
     import ray
 
+    _quiet_progress()
+    # Ray's reader coalesces small files into one block; smaller blocks keep every actor busy.
+    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=rows_per_block)
+    ds = ds.map_batches(
+        fn,
+        fn_constructor_kwargs=fn_kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )
+    ds.write_parquet(staged_out)
+
+
+def embed_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig, run_id: str) -> None:
+    """Embeds the staged chunks with an actor pool (one model per actor) and writes parquet to `staged_out`."""
     from rag_spark.embed.ray_embed import EmbedBatch
 
     init_ray(cfg.ray)
-    _quiet_progress()
-    ecfg = cfg.embed
-    # Ray's reader coalesces small files into one block; smaller blocks keep every actor busy.
-    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=ecfg.batch_size * 4)
-    ds = ds.map_batches(
+    e = cfg.embed
+    map_with_actor_pool(
+        staged_in,
+        staged_out,
         EmbedBatch,
-        fn_constructor_kwargs={"cfg": ecfg, "run_id": run_id},
-        batch_size=ecfg.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=ecfg.actors),
-        num_cpus=ecfg.cpus_per_actor,
-        num_gpus=ecfg.gpus_per_actor or None,
+        {"cfg": e, "run_id": run_id},
+        actors=e.actors,
+        cpus_per_actor=e.cpus_per_actor,
+        gpus_per_actor=e.gpus_per_actor,
+        # Each call encodes several encoder batches: sentence-transformers sorts a call's texts by length,
+        # so bigger calls pad less.
+        batch_size=e.batch_size * e.batches_per_call,
+        rows_per_block=e.batch_size * e.batches_per_call,
     )
-    ds.write_parquet(staged_out)
 
 
 def build_index_with_ray(
@@ -150,21 +179,18 @@ def _build_shard_task(trained: bytes, shard_dir: str, out_file: str) -> Any:
 
 def generate_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig) -> None:
     """Answers the staged questions with an actor pool of LLM engines and writes parquet to `staged_out`."""
-    import ray
-
     from rag_spark.generate.ray_qa import AnswerBatch
 
     init_ray(cfg.ray)
-    _quiet_progress()
-    gcfg = cfg.generate
-    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=gcfg.batch_size)
-    ds = ds.map_batches(
+    g = cfg.generate
+    map_with_actor_pool(
+        staged_in,
+        staged_out,
         AnswerBatch,
-        fn_constructor_kwargs={"cfg": gcfg},
-        batch_size=gcfg.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=gcfg.actors),
-        num_cpus=gcfg.cpus_per_actor,
-        num_gpus=gcfg.gpus_per_actor or None,
+        {"cfg": g},
+        actors=g.actors,
+        cpus_per_actor=g.cpus_per_actor,
+        gpus_per_actor=g.gpus_per_actor,
+        batch_size=g.batch_size,
+        rows_per_block=g.batch_size,
     )
-    ds.write_parquet(staged_out)

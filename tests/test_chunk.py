@@ -1,3 +1,5 @@
+import itertools
+
 from pyspark.sql import Row
 
 from rag_spark.clean.chunk import chunk_documents, load_tokenizer, split_tokens
@@ -16,7 +18,7 @@ def test_windows_cover_text_with_overlap() -> None:
     assert len(windows) > 3
     assert all(n <= 40 for _, _, n in windows)
     assert windows[0][0] == 0 and windows[-1][1] == len(TEXT.rstrip())
-    for (s1, e1, _), (s2, _, _) in zip(windows, windows[1:], strict=False):
+    for (s1, e1, _), (s2, _, _) in itertools.pairwise(windows):
         assert s2 < e1, "consecutive windows overlap"
         assert s2 > s1
     # every window re-tokenizes to at most the size (it is cut at token offsets)

@@ -26,3 +26,13 @@ def test_config_prints_effective_yaml() -> None:
     res = _cli("config", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert res.returncode == 0
     assert "factory: Flat" in res.stdout and "model: packaged:all-MiniLM-L6-v2" in res.stdout
+
+
+def test_job_entry_point_validates_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("chunk:\n  size_tokens: 10\n")
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "ingest.py"), "--config", str(bad)], capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "chunk.size_tokens" in res.stderr

@@ -29,7 +29,7 @@ def run(spark, ray_local, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def test_tables_counts_and_accounting(run) -> None:  # type: ignore[no-untyped-def]
-    p, results, _ = run
+    p, _, _ = run
     lake = p.lake
     for table in (S.BRONZE, S.SILVER, S.CHUNKS, S.EMBEDDINGS, S.RETRIEVALS, S.ANSWERS, S.METRICS, S.LINEAGE):
         assert lake.read(table).schema.simpleString() == table.schema.simpleString(), table.name
@@ -44,7 +44,7 @@ def test_tables_counts_and_accounting(run) -> None:  # type: ignore[no-untyped-d
     silver = lake.read(S.SILVER).count()
     clean_q = quarantine.where("stage = 'clean'").count()
     assert bronze == silver + len(dups) + clean_q
-    metrics = json.loads((p.cfg.out and Path(p.cfg.out) / "metrics.json").read_text())
+    metrics = json.loads((Path(p.cfg.out) / "metrics.json").read_text())
     c = metrics["counts"]
     assert c["documents"] == c["kept"] + c["duplicates"] + c["quarantined"] == 25
 
@@ -62,8 +62,8 @@ def test_versions_and_lineage(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_index_holds_every_chunk(run) -> None:  # type: ignore[no-untyped-def]
-    p, results, _ = run
-    manifest, build_dir = current_manifest(p.index_root)
+    p, _, _ = run
+    manifest, _ = current_manifest(p.index_root)
     chunks = p.lake.read(S.CHUNKS).count()
     assert manifest.ntotal == chunks == sum(s.count for s in manifest.shards)
     assert len(manifest.shards) == 2 and all(s.count > 0 for s in manifest.shards)
