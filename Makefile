@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars data models demo test test-fast lint bench clean distclean
+.PHONY: install jars data models browser demo test test-fast lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -52,10 +52,17 @@ models/.prepared: $(VENV)/.installed
 
 models: models/.prepared
 
+# Headless Chromium (Debian package) for the report's browser test; installed where we are root, as on CI.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q chromium >/dev/null || { apt-get update -qq && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "chromium is missing and we are not root: the browser test will be skipped"; fi; }
+
 demo: install jars data models
 	$(RAG) run --config configs/demo.yaml --out reports/demo
 
-test: install jars data models
+test: install jars data models browser
 	$(PY) -m pytest -q
 
 test-fast: install jars

@@ -608,5 +608,5 @@ def test_report_renders_in_headless_chromium(page: str, tmp_path: Path) -> None:
     assert 'data-done="1"' in dom, result.stderr[-2000:]
     canvases = int(re.search(r'data-canvases="(\d+)"', dom).group(1))  # type: ignore[union-attr]
     assert canvases >= 6  # at least one canvas per figure
-    assert "data-alerted" not in dom
+    assert 'data-alerted="1"' not in dom  # the probe's own source mentions the attribute name
     assert '<img src="x"' not in dom and "<img src=x" not in dom
