@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Literal
 
 import ftfy
 import trafilatura
 from bs4 import BeautifulSoup
 
+UnicodeForm = Literal["NFC", "NFKC"]
 _DROP_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer", "form", "iframe", "svg")
 # Control characters except tab/newline, zero-width characters and the BOM.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
@@ -35,10 +37,10 @@ def html_to_text(html: str) -> str:
     return plain
 
 
-def normalize_text(text: str, unicode_form: str = "NFKC", fix_mojibake: bool = True) -> str:
+def normalize_text(text: str, unicode_form: UnicodeForm = "NFKC", fix_mojibake: bool = True) -> str:
     """Repairs mojibake, normalizes Unicode, drops control/zero-width characters, tidies whitespace."""
     if fix_mojibake:
-        text = ftfy.fix_text(text, normalization=unicode_form)  # type: ignore[arg-type]
+        text = ftfy.fix_text(text, normalization=unicode_form)
     text = unicodedata.normalize(unicode_form, text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
@@ -47,7 +49,7 @@ def normalize_text(text: str, unicode_form: str = "NFKC", fix_mojibake: bool = T
     return text.strip()
 
 
-def clean_document(raw: str, fmt: str, unicode_form: str = "NFKC", fix_mojibake: bool = True) -> str:
+def clean_document(raw: str, fmt: str, unicode_form: UnicodeForm = "NFKC", fix_mojibake: bool = True) -> str:
     """Raw document text (of format `fmt`) -> normalized plain text."""
     text = html_to_text(raw) if fmt == "html" else raw
     return normalize_text(text, unicode_form, fix_mojibake)

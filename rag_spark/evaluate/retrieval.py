@@ -3,15 +3,17 @@ that have relevance judgments: a question with nothing retrieved scores 0 instea
 
 from __future__ import annotations
 
+from typing import Any
+
 import ir_measures
 import numpy as np
 import pandas as pd
 from ir_measures import RR, P, R, nDCG
 
 
-def measure_names(ks: list[int], ndcg_k: int) -> dict[str, object]:
+def measure_names(ks: list[int], ndcg_k: int) -> dict[str, Any]:
     """Our metric names -> ir-measures measures."""
-    names: dict[str, object] = {f"mrr@{max(ks)}": RR @ max(ks), f"ndcg@{ndcg_k}": nDCG @ ndcg_k}
+    names: dict[str, Any] = {f"mrr@{max(ks)}": RR @ max(ks), f"ndcg@{ndcg_k}": nDCG @ ndcg_k}
     for k in ks:
         names[f"recall@{k}"] = R @ k
         names[f"precision@{k}"] = P @ k
@@ -28,7 +30,7 @@ def per_query_metrics(qrels: pd.DataFrame, run: pd.DataFrame, ks: list[int], ndc
     return _calc(qrels, run, measure_names(ks, ndcg_k))
 
 
-def _calc(qrels: pd.DataFrame, run: pd.DataFrame, names: dict[str, object]) -> pd.DataFrame:
+def _calc(qrels: pd.DataFrame, run: pd.DataFrame, names: dict[str, Any]) -> pd.DataFrame:
     q = qrels.rename(columns={"score": "relevance"})[["query_id", "doc_id", "relevance"]].astype(
         {"query_id": str, "doc_id": str, "relevance": int}
     )
@@ -50,7 +52,7 @@ def _calc(qrels: pd.DataFrame, run: pd.DataFrame, names: dict[str, object]) -> p
 def at_k_curve(qrels: pd.DataFrame, run: pd.DataFrame, max_k: int) -> pd.DataFrame:
     """Mean recall@k, precision@k and nDCG@k over all judged questions, for k = 1..max_k."""
     ks = list(range(1, max_k + 1))
-    names: dict[str, object] = {}
+    names: dict[str, Any] = {}
     for k in ks:
         names.update({f"recall@{k}": R @ k, f"precision@{k}": P @ k, f"ndcg@{k}": nDCG @ k})
     per_q = _calc(qrels, run, names)

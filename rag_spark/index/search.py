@@ -56,7 +56,7 @@ class ShardedIndex:
             index = faiss.read_index(str(path))
             _set_params(index, cfg)
             self.shards.append(index)
-        self.index = faiss.IndexShards(self.manifest.dim, True, False)
+        self.index = faiss.IndexShards(self.manifest.dim, True, False)  # type: ignore[call-arg]
         self._gpu_resources = None
         if cfg.use_gpu != "never" and gpu_available():
             self._gpu_resources = faiss.StandardGpuResources()

@@ -74,7 +74,8 @@ def list_files(spark: SparkSession, root: str) -> DataFrame:
 
     Spark's file sources skip zero-length files silently; listing first lets every file be accounted for.
     """
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None, "list_files needs a classic (JVM-backed) SparkSession"
     conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     top = jvm.org.apache.hadoop.fs.Path(_uri(root))
     it = top.getFileSystem(conf).listFiles(top, True)

@@ -86,7 +86,7 @@ def retrieval_curve(retrieval_at_k: pd.DataFrame, run_id: str) -> figure | Div:
     names = list(dict.fromkeys(configs))
     p = _figure(
         "Retrieval quality at k",
-        x_axis_label="k (chunks retrieved)",
+        x_axis_label="k (documents retrieved)",
         y_axis_label="score",
         y_range=Range1d(start=0, end=1.02),
     )
@@ -166,7 +166,7 @@ def latency_histogram(latencies_ms: pd.DataFrame, run_id: str, *, bins: int = 30
 
 
 def reciprocal_rank_bars(per_query: pd.DataFrame, run_id: str, *, max_rank: int = 10) -> figure | Div:
-    """How many questions had their first relevant chunk at rank 1, 2, ..., or not at all."""
+    """How many questions had their first relevant document at rank 1, 2, ..., or not at all."""
     rr = _numeric(per_query, "rr")
     if rr.size == 0:
         return note("No per-question reciprocal ranks were recorded for this run.")
@@ -186,9 +186,9 @@ def reciprocal_rank_bars(per_query: pd.DataFrame, run_id: str, *, max_rank: int 
         }
     )
     p = _figure(
-        f"Rank of the first relevant chunk (n={rr.size}, MRR {rr.mean():.3f})",
+        f"Rank of the first relevant document (n={rr.size}, MRR {rr.mean():.3f})",
         x_range=FactorRange(factors=factors),
-        x_axis_label="rank of first relevant chunk (reciprocal rank = 1/rank)",
+        x_axis_label="rank of first relevant document (reciprocal rank = 1/rank)",
         y_axis_label="questions",
     )
     colors = [GREEN if f == "1" else (GREY if f == "none" else BLUE) for f in factors]
