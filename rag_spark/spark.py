@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -32,7 +33,8 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     empty, from `cfg.packages` through Spark's own Ivy resolution. On a cluster (spark-submit) the session
     already exists and is reused with the same settings.
     """
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", _python()))
+    # Executors run the same interpreter (and so the same packages) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(cfg.app_name)
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
@@ -58,12 +60,6 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def _inside_spark_submit() -> bool:

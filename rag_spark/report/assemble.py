@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
@@ -165,12 +166,8 @@ def _cases(
     out = []
     for row in chosen.itertuples(index=False):
         hits = retrievals[retrievals["query_id"] == row.query_id].sort_values("rank")
-        cited = (
-            list(row.cited_chunk_ids)
-            if isinstance(row.cited_chunk_ids, list | tuple)
-            or (hasattr(row.cited_chunk_ids, "__len__") and not isinstance(row.cited_chunk_ids, str))
-            else []
-        )
+        # An array from Delta, or NaN where the question has no answer (left merge).
+        cited = row.cited_chunk_ids if isinstance(row.cited_chunk_ids, list | tuple | np.ndarray) else []
         out.append(
             CaseStudy(
                 query_id=row.query_id,
