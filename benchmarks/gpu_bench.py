@@ -51,7 +51,9 @@ def bench_embedding(model_dir: str, texts: list[str], cpu_n: int) -> dict:
     per_batch = {}
     gpu_vecs = None
     for bs in (64, 256, 1024):
-        enc = SentenceTransformerEncoder(EmbedConfig(model=model_dir, device="cuda", batch_size=bs))
+        enc = SentenceTransformerEncoder(
+            EmbedConfig(backend="sentence-transformers", model=model_dir, device="cuda", batch_size=bs)
+        )
         torch.cuda.synchronize()
         per_batch[bs] = round(_rate(functools.partial(enc.encode_passages, texts), len(texts)), 1)
         if gpu_vecs is None:
@@ -60,13 +62,17 @@ def bench_embedding(model_dir: str, texts: list[str], cpu_n: int) -> dict:
         torch.cuda.empty_cache()
     out["gpu_fp16_chunks_per_s"] = per_batch
     torch.cuda.reset_peak_memory_stats()
-    enc = SentenceTransformerEncoder(EmbedConfig(model=model_dir, device="cuda", batch_size=256))
+    enc = SentenceTransformerEncoder(
+        EmbedConfig(backend="sentence-transformers", model=model_dir, device="cuda", batch_size=256)
+    )
     enc.encode_passages(texts)
     out["gpu_peak_mem_mib_bs256"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     del enc
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cpu = SentenceTransformerEncoder(EmbedConfig(model=model_dir, device="cpu", batch_size=64))
+    cpu = SentenceTransformerEncoder(
+        EmbedConfig(backend="sentence-transformers", model=model_dir, device="cpu", batch_size=64)
+    )
     cpu.model.float()
     sub = texts[:cpu_n]
     out["cpu_threads"] = torch.get_num_threads()

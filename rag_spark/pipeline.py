@@ -28,7 +28,7 @@ from rag_spark.clean.chunk import chunk_documents
 from rag_spark.clean.dedup_exact import dedup_exact
 from rag_spark.clean.normalize import clean_documents
 from rag_spark.config import PipelineConfig
-from rag_spark.embed.models import model_id, resolve_encoder
+from rag_spark.embed.models import chunk_tokenizer, model_id
 from rag_spark.ingest.documents import collect_documents
 from rag_spark.ingest.qa import read_answers, read_qrels, read_queries
 from rag_spark.lake import Lake
@@ -210,7 +210,7 @@ class Pipeline:
         res = StageResult("chunk")
         silver = self._read(S.SILVER, res.inputs)
         meta = self._meta("chunk", res.inputs)
-        tokenizer = self.cfg.chunk.tokenizer or resolve_encoder(self.cfg.embed.model)
+        tokenizer = self.cfg.chunk.tokenizer or chunk_tokenizer(self.cfg.embed)
         chunks = chunk_documents(silver, self.cfg.chunk, tokenizer, self.run_id)
         res.outputs["chunks"] = self.lake.merge(
             S.CHUNKS, chunks, meta=meta, changed="t.text_hash <> s.text_hash", delete_missing=True
@@ -240,7 +240,9 @@ class Pipeline:
             res.outputs["embeddings"] = self.lake.version(S.EMBEDDINGS) or 0
             log.info("embed: every chunk already has a %s embedding", mid)
             return self._finish(res, t0)
-        with self._staged(todo, "embed") as (staged_in, staged_out):
+        # Staged sorted by length: every actor call then holds texts of similar length, so the encoder pads as
+        # little as one global `encode` call (which sorts all its texts) would.
+        with self._staged(todo.orderBy(F.length("text"), "chunk_id"), "embed") as (staged_in, staged_out):
             if n_todo:
                 embed_with_ray(staged_in, staged_out, self.cfg, self.run_id)
                 new = self.lake.read_staging(staged_out)
@@ -264,32 +266,86 @@ class Pipeline:
         return self._finish(res, t0)
 
     def index(self) -> StageResult:
-        """embeddings (this model) -> sharded FAISS index + manifest, published atomically."""
-        from rag_spark.raycluster import build_index_with_ray
+        """embeddings (this model) -> sharded FAISS index + manifest, published atomically.
+
+        With `index.incremental`, the published build is updated with the embeddings changed since its source
+        version (a new build folder; the old one keeps serving until the switch); unchanged input reuses it.
+        """
+        from rag_spark.index.incremental import rebuild_reason, supports_remove
+        from rag_spark.index.manifest import current_manifest
+        from rag_spark.raycluster import build_index_with_ray, update_index_with_ray
 
         t0 = time.perf_counter()
         res = StageResult("index")
+        icfg = self.cfg.index
         mid = model_id(self.cfg.embed.model)
         emb = self._read(S.EMBEDDINGS, res.inputs).where(F.col("model_id") == mid)
-        n = self.cfg.index.shards
-        staged = self.lake.staging_dir("index-in")
-        emb.select("chunk_key", "vector", F.pmod(F.col("chunk_key"), F.lit(n)).cast("int").alias("shard")).repartition(
-            n, "shard"
-        ).write.partitionBy("shard").parquet(staged)
+        first = emb.select("dim").first()
+        dim = int(first["dim"]) if first else 0
         try:
-            manifest = build_index_with_ray(
-                staged,
-                emb,
-                self.index_root,
-                self.cfg,
-                run_id=self.run_id,
-                source_version=res.inputs["embeddings"],
-                config_hash=self.cfg.stage_hash("index"),
-            )
+            prev, prev_dir = current_manifest(self.index_root)
+        except FileNotFoundError:
+            prev, prev_dir = None, None
+        reason = rebuild_reason(prev, icfg, mid, dim)
+        added = removed = None
+        if prev is not None and reason is None:
+            try:
+                old = self.lake.read(S.EMBEDDINGS, prev.source_version).where(F.col("model_id") == mid)
+                old_keys = old.select("chunk_key", "text_hash").cache()
+                old_keys.count()
+            except Exception as err:  # time travel fails once the old version is vacuumed
+                old_keys, reason = None, f"embeddings version {prev.source_version} unreadable ({type(err).__name__})"
+            if old_keys is not None:
+                added = emb.join(old_keys, ["chunk_key", "text_hash"], "left_anti")
+                removed = old_keys.join(emb.select("chunk_key", "text_hash"), ["chunk_key", "text_hash"], "left_anti")
+                n_add, n_rm = added.count(), removed.count()
+                if n_add == 0 and n_rm == 0:
+                    log.info("index: build %s already holds embeddings v%s", prev.build_id, res.inputs["embeddings"])
+                    res.rows, res.info = prev.ntotal, {"build_id": prev.build_id, "reused": True}
+                    res.outputs[f"index:{prev.build_id}"] = prev.ntotal
+                    return self._finish(res, t0)
+                if n_rm and not supports_remove(icfg.factory):
+                    reason = f"{n_rm} vectors to remove and {icfg.factory} cannot remove"
+                elif n_add + n_rm > icfg.rebuild_fraction * max(prev.ntotal, 1):
+                    reason = f"{n_add} added + {n_rm} removed > index.rebuild_fraction of {prev.ntotal}"
+        n = icfg.shards
+        shard_col = F.pmod(F.col("chunk_key"), F.lit(n)).cast("int").alias("shard")
+        source = emb if reason is not None or added is None else added
+        staged = self.lake.staging_dir("index-in")
+        source.select("chunk_key", "vector", shard_col).repartition(n, "shard").write.partitionBy("shard").parquet(
+            staged
+        )
+        common = {"run_id": self.run_id, "source_version": res.inputs["embeddings"]}
+        common["config_hash"] = self.cfg.stage_hash("index")
+        try:
+            if reason is None and prev is not None and prev_dir is not None and removed is not None:
+                by_shard: dict[int, list[int]] = {}
+                for row in removed.select("chunk_key", shard_col).toLocalIterator():
+                    by_shard.setdefault(int(row["shard"]), []).append(int(row["chunk_key"]))
+                gone = {s: np.array(v, dtype=np.int64) for s, v in by_shard.items()}
+                manifest = update_index_with_ray(
+                    staged,
+                    gone,
+                    prev,
+                    prev_dir,
+                    emb,
+                    self.index_root,
+                    self.cfg,
+                    **common,  # type: ignore[arg-type]
+                )
+            else:
+                log.info("index: full build (%s)", reason)
+                manifest = build_index_with_ray(staged, emb, self.index_root, self.cfg, **common)  # type: ignore[arg-type]
         finally:
             self.lake.drop_staging(staged)
         res.rows = manifest.ntotal
-        res.info = {"build_id": manifest.build_id, "shards": [s.count for s in manifest.shards]}
+        res.info = {
+            "build_id": manifest.build_id,
+            "shards": [s.count for s in manifest.shards],
+            "mode": "full" if reason is not None else "incremental",
+            "rebuild_reason": reason,
+            **{k: v for k, v in manifest.extra.items() if k in ("added", "removed", "incremental_from")},
+        }
         res.outputs[f"index:{manifest.build_id}"] = manifest.ntotal
         return self._finish(res, t0)
 

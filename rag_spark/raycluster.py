@@ -119,7 +119,6 @@ def build_index_with_ray(
     """Trains once on a sample, builds every shard as a parallel Ray task, then publishes the manifest."""
     import ray
 
-    from rag_spark.index.manifest import Manifest, publish
     from rag_spark.index.shards import empty_index, train_index, vectors_from_arrow
 
     init_ray(cfg.ray)
@@ -136,7 +135,7 @@ def build_index_with_ray(
         rows = embeddings.sample(fraction=frac, seed=0).limit(icfg.train_sample).select("chunk_key", "vector")
         _, sample = vectors_from_arrow(rows.toArrow())
     trained = train_index(icfg.factory, dim, icfg.metric, sample)
-    build_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    build_id = _new_build_id()
     build_dir = index_root / "builds" / build_id
     build_dir.mkdir(parents=True, exist_ok=True)
     trained_ref = ray.put(trained)
@@ -146,10 +145,106 @@ def build_index_with_ray(
         for i in range(icfg.shards)
     ]
     shards = ray.get(futures)
+    return _publish_build(
+        index_root,
+        build_id,
+        shards,
+        embeddings,
+        cfg,
+        dim=dim,
+        normalized=normalized,
+        run_id=run_id,
+        source_version=source_version,
+        config_hash=config_hash,
+        seconds=time.perf_counter() - t0,
+        extra={"train_vectors": len(sample)},
+    )
+
+
+def update_index_with_ray(
+    staged_added: str,
+    removed: dict[int, np.ndarray],
+    prev: Any,
+    prev_dir: Path,
+    embeddings: DataFrame,
+    index_root: Path,
+    cfg: PipelineConfig,
+    *,
+    run_id: str,
+    source_version: int,
+    config_hash: str,
+) -> Any:
+    """A new build from the published one: per shard (a Ray task each) removes `removed[shard]` ids and adds the
+    staged vectors of that shard; published like a full build once every shard is written."""
+    import ray
+
+    from rag_spark.index.incremental import update_shard
+
+    init_ray(cfg.ray)
+    t0 = time.perf_counter()
+    build_id = _new_build_id()
+    build_dir = index_root / "builds" / build_id
+    build_dir.mkdir(parents=True, exist_ok=True)
+    task = ray.remote(num_cpus=0.5)(update_shard)
+    futures = [
+        task.remote(
+            str(prev_dir / info.file),
+            info.sha256,
+            f"{staged_added}/shard={i}",
+            removed.get(i, np.zeros(0, dtype=np.int64)),
+            str(build_dir / f"shard-{i:03d}.faiss"),
+        )
+        for i, info in enumerate(prev.shards)
+    ]
+    shards = ray.get(futures)
+    n_removed = int(sum(len(v) for v in removed.values()))
+    return _publish_build(
+        index_root,
+        build_id,
+        shards,
+        embeddings,
+        cfg,
+        dim=prev.dim,
+        normalized=prev.normalized,
+        run_id=run_id,
+        source_version=source_version,
+        config_hash=config_hash,
+        seconds=time.perf_counter() - t0,
+        extra={
+            "incremental_from": prev.build_id,
+            "removed": n_removed,
+            "added": sum(s.count for s in shards) - prev.ntotal + n_removed,
+            **{k: v for k, v in prev.extra.items() if k == "train_vectors"},
+        },
+    )
+
+
+def _new_build_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _publish_build(
+    index_root: Path,
+    build_id: str,
+    shards: list[Any],
+    embeddings: DataFrame,
+    cfg: PipelineConfig,
+    *,
+    dim: int,
+    normalized: bool,
+    run_id: str,
+    source_version: int,
+    config_hash: str,
+    seconds: float,
+    extra: dict[str, Any],
+) -> Any:
+    """Checks the shards hold exactly the embeddings' vectors, then writes the manifest and switches CURRENT."""
+    from rag_spark.index.manifest import Manifest, publish
+
     manifest = Manifest(
         build_id=build_id,
-        factory=icfg.factory,
-        metric=icfg.metric,
+        factory=cfg.index.factory,
+        metric=cfg.index.metric,
         dim=dim,
         model_id=model_id(cfg.embed.model),
         normalized=normalized,
@@ -160,8 +255,8 @@ def build_index_with_ray(
         config_hash=config_hash,
         run_id=run_id,
         created_at=datetime.now(UTC).isoformat(),
-        build_seconds=round(time.perf_counter() - t0, 3),
-        extra={"train_vectors": len(sample)},
+        build_seconds=round(seconds, 3),
+        extra=extra,
     )
     expected = embeddings.count()
     if manifest.ntotal != expected:

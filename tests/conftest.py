@@ -56,4 +56,4 @@ def encoder():  # type: ignore[no-untyped-def]
     from rag_spark.config import EmbedConfig
     from rag_spark.embed.encoders import build_encoder
 
-    return build_encoder(EmbedConfig())
+    return build_encoder(EmbedConfig(backend="sentence-transformers"))

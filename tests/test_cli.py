@@ -25,7 +25,7 @@ def test_unknown_stage(tmp_path: Path) -> None:
 def test_config_prints_effective_yaml() -> None:
     res = _cli("config", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert res.returncode == 0
-    assert "factory: Flat" in res.stdout and "model: packaged:all-MiniLM-L6-v2" in res.stdout
+    assert "factory: Flat" in res.stdout and "model: packaged:multilingual-e5-small" in res.stdout
 
 
 def test_job_entry_point_validates_config(tmp_path: Path) -> None:

@@ -111,3 +111,74 @@ def test_corrupt_shard_is_refused_and_publish_switches_atomically(tmp_path: Path
         ShardedIndex(root, IndexConfig())
     with pytest.raises(FileNotFoundError, match="no published index"):
         ShardedIndex(tmp_path / "empty", IndexConfig())
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
+def test_incremental_update_equals_a_full_rebuild(tmp_path: Path, factory: str) -> None:
+    """Remove 40 vectors (10 of them changed, re-added with new values) and add 60 new ones to a published
+    build: searching the updated build gives the same results as building the final set from scratch."""
+    from rag_spark.index.incremental import update_shard
+
+    x = clustered(1200, 16, 7)
+    ids = np.arange(1200, dtype=np.int64) * 3 + 5
+    old_root = build(tmp_path / "old", factory, x, ids, n_shards=2)
+    prev, prev_dir = current_manifest(old_root)
+    gone, changed = ids[:30], ids[30:40]
+    new_ids = np.concatenate([changed, np.arange(60, dtype=np.int64) * 3 + 100_000])
+    new_x = clustered(len(new_ids), 16, 8)
+    staged = stage_shards(tmp_path / "delta", new_ids, new_x, 2)
+    out = tmp_path / "new"
+    out.mkdir()
+    removed = np.concatenate([gone, changed])
+    infos = [
+        update_shard(
+            str(prev_dir / s.file),
+            s.sha256,
+            str(staged / f"shard={i}"),
+            removed[removed % 2 == i],
+            str(out / f"shard-{i}.faiss"),
+        )
+        for i, s in enumerate(prev.shards)
+    ]
+    assert sum(s.count for s in infos) == 1200 - 30 + 60
+    final_ids = np.concatenate([ids[40:], new_ids])
+    final_x = np.vstack([x[40:], new_x])
+    q = clustered(40, 16, 9)
+    # The same trained quantizer as the old build (an IVF trained on the old sample), so results must match.
+    merged = faiss.IndexShards(16, True, False)
+    parts = [faiss.read_index(str(out / s.file)) for s in infos]
+    for p in parts:
+        merged.add_shard(p)
+    ref = faiss.read_index(str(prev_dir / prev.shards[0].file))
+    ref.reset()
+    ref.add_with_ids(final_x, final_ids)
+    if factory != "Flat":
+        for idx in (*parts, ref):
+            faiss.extract_index_ivf(idx).nprobe = 16
+    d_got, i_got = merged.search(q, 10)
+    d_ref, i_ref = ref.search(q, 10)
+    np.testing.assert_array_equal(np.sort(i_got, axis=1), np.sort(i_ref, axis=1))
+    np.testing.assert_allclose(np.sort(d_got, axis=1), np.sort(d_ref, axis=1), rtol=1e-5)
+    with pytest.raises(RuntimeError, match="checksum"):
+        update_shard(
+            str(prev_dir / prev.shards[0].file), "0" * 64, str(staged / "shard=0"), removed[:0], str(out / "x")
+        )
+
+
+def test_reader_during_a_rebuild_sees_the_old_complete_build(tmp_path: Path) -> None:
+    """Shards of a new build are written before its manifest: until `publish`, readers load the old build."""
+    x = clustered(800, 16, 10)
+    ids = np.arange(800, dtype=np.int64)
+    root = build(tmp_path, "Flat", x, ids, n_shards=2)
+    old, _ = current_manifest(root)
+    trained = train_index("Flat", 16, "ip", x[:0])
+    staged = stage_shards(tmp_path / "next", ids[:500], x[:500], 2)
+    new_dir = root / "builds" / "b-next"
+    new_dir.mkdir()
+    shards = [build_shard(trained, str(staged / f"shard={i}"), str(new_dir / f"shard-{i}.faiss")) for i in range(2)]
+    during = ShardedIndex(root, IndexConfig())  # the new shard files exist, the switch has not happened
+    assert (during.manifest.build_id, during.ntotal) == (old.build_id, 800)
+    publish(root, Manifest(**{**old.__dict__, "build_id": "b-next", "shards": shards, "ntotal": 500}))
+    after = ShardedIndex(root, IndexConfig())
+    assert (after.manifest.build_id, after.ntotal) == ("b-next", 500)
+    assert during.search(x[:3], 1).ids[:, 0].tolist() == [0, 1, 2]  # the old build still serves its reader

@@ -33,6 +33,11 @@ def empty_index(factory: str, dim: int, metric: str) -> faiss.Index:
 def train_index(factory: str, dim: int, metric: str, sample: np.ndarray) -> bytes:
     """Trains an empty index on `sample` (no-op for trainless types) and returns it serialized."""
     index = empty_index(factory, dim, metric)
+    ivf = faiss.try_extract_index_ivf(index)
+    ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
+    if isinstance(ivfpq, faiss.IndexIVFPQ):
+        # Polysemous codes only serve Hamming-filtered search, which we do not use; training them costs minutes.
+        ivfpq.do_polysemous_training = False  # type: ignore[attr-defined]
     if not index.is_trained:
         if len(sample) == 0:
             raise ValueError(f"index.factory={factory!r} needs training vectors, got none")
