@@ -100,7 +100,7 @@ def read_question_file(spark: SparkSession, path: str | Path) -> DataFrame:
         raw = spark.read.text(str(p.resolve()))
         parts = F.split(F.col("value"), "\t", 2)
         df = raw.where(F.trim("value") != "").select(
-            parts.getItem(0).alias("query_id"), parts.getItem(1).alias("text"), F.lit(False).alias("_bad")
+            F.get(parts, 0).alias("query_id"), F.get(parts, 1).alias("text"), F.lit(False).alias("_bad")
         )
         expected = "'id<TAB>question' lines"
     else:
