@@ -447,7 +447,7 @@ class Pipeline:
             hits = list(
                 search_queries(zip(qids, texts, strict=True), encoder, index, k * self.cfg.retrieve.chunk_headroom)
             )
-            docs = collapse_to_documents(self._hits_frame(hits), chunks, k).toPandas()
+            docs: pd.DataFrame = collapse_to_documents(self._hits_frame(hits), chunks, k).toPandas()  # type: ignore[assignment]
             top = docs[docs["rank"] <= gcfg.context_chunks].sort_values(["query_id", "rank"])
             wanted = sorted(set(top["chunk_id"]))
             texts_by_id: dict[str, str] = {}

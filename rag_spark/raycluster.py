@@ -214,7 +214,7 @@ class GenerationPool:
         g = cfg.generate
         self._batch = g.batch_size
         actor_cls = ray.remote(AnswerBatch).options(num_cpus=g.cpus_per_actor, num_gpus=g.gpus_per_actor or 0)
-        self._actors = [actor_cls.remote(g) for _ in range(g.actors)]
+        self._actors: list[Any] = [actor_cls.remote(g) for _ in range(g.actors)]
         self._next = 0
 
     def submit(self, batch: dict[str, np.ndarray]) -> list[Any]:

@@ -116,7 +116,7 @@ class AnswerBatch:
         return self(batch)
 
     def _count(self, prompt: str) -> int:
-        return len(self.generator.tokenizer.encode(prompt, add_special_tokens=False))
+        return self.generator.count_tokens(prompt)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [c for c in INPUT_COLUMNS if c not in batch]
