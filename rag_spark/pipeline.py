@@ -373,7 +373,20 @@ class Pipeline:
                 k * self.cfg.retrieve.chunk_headroom,
             )
         )
-        hits_df = self.spark.createDataFrame(
+        hits_df = self._hits_frame(hits)
+        h = self.cfg.stage_hash("retrieve")
+        docs = collapse_to_documents(hits_df, chunks, k).select(
+            F.lit(h).alias("config_hash"), "*", F.lit(self.run_id).alias("run_id")
+        )
+        res.outputs["retrievals"] = self.lake.merge(
+            S.RETRIEVALS, docs, meta=self._meta("retrieve", res.inputs), delete_missing=f"t.config_hash = '{h}'"
+        )
+        res.rows = len(queries)
+        return self._finish(res, t0)
+
+    def _hits_frame(self, hits: list[Any]) -> DataFrame:
+        """Chunk hits (`retrieve.dense.ChunkHit`) as a small Spark DataFrame."""
+        return self.spark.createDataFrame(
             pd.DataFrame(
                 {
                     "query_id": [h.query_id for h in hits],
@@ -385,15 +398,6 @@ class Pipeline:
             ),
             "query_id string, chunk_rank int, chunk_key long, score double, latency_ms double",
         )
-        h = self.cfg.stage_hash("retrieve")
-        docs = collapse_to_documents(hits_df, chunks, k).select(
-            F.lit(h).alias("config_hash"), "*", F.lit(self.run_id).alias("run_id")
-        )
-        res.outputs["retrievals"] = self.lake.merge(
-            S.RETRIEVALS, docs, meta=self._meta("retrieve", res.inputs), delete_missing=f"t.config_hash = '{h}'"
-        )
-        res.rows = len(queries)
-        return self._finish(res, t0)
 
     def generate(self) -> StageResult:
         """retrievals + chunks + queries -> answers, with an actor pool of LLM engines (vLLM)."""
@@ -441,6 +445,118 @@ class Pipeline:
             # Resumable: earlier answers of this config stay; only new questions are added.
             res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
         res.rows = n_todo
+        return self._finish(res, t0)
+
+    def qa(self, questions: str | None = None, limit: int | None = None) -> StageResult:
+        """Batch QA: questions (a file, or the `queries` table) -> retrievals + answers, one bounded round at a time.
+
+        The questions without an answer for this configuration are staged once as parquet (Spark, no collect),
+        then read back `qa.batch_size` at a time: each round is retrieved on the driver (encoder + sharded index),
+        answered by a pool of long-lived Ray actors (one engine each), and merged into `retrievals` and `answers`
+        (one commit each) while the next round is being retrieved. A killed run loses at most the rounds in
+        flight; a rerun answers only the questions still missing, and MERGE on (config_hash, query_id) keeps the
+        table free of duplicates.
+
+        Args:
+            questions: A JSONL/TSV questions file (see `ingest.qa.read_question_file`); None uses `qa.questions`,
+                and if that is None too, the `queries` table.
+            limit: Answer at most this many new questions (None uses `qa.limit`: all of them).
+        """
+        import pyarrow.dataset as pads
+
+        from rag_spark.embed.encoders import build_encoder
+        from rag_spark.index.search import ShardedIndex
+        from rag_spark.ingest.qa import read_question_file
+        from rag_spark.raycluster import GenerationPool
+        from rag_spark.retrieve.dense import collapse_to_documents, search_queries
+
+        t0 = time.perf_counter()
+        res = StageResult("qa")
+        gcfg, qcfg = self.cfg.generate, self.cfg.qa
+        if gcfg.backend == "none":
+            raise ValueError("qa: generate.backend is 'none'; choose 'auto', 'vllm' or 'llamacpp'")
+        source = questions or qcfg.questions
+        limit = limit or qcfg.limit
+        if source:
+            qdf = read_question_file(self.spark, source)
+            res.info["questions"] = str(source)
+        else:
+            qdf = self._read(S.QUERIES, res.inputs)
+            res.info["questions"] = "queries table"
+        chunks = self._read(S.CHUNKS, res.inputs)
+        h, rh = self.cfg.stage_hash("generate"), self.cfg.stage_hash("retrieve")
+        answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
+        todo = qdf.join(answered, "query_id", "left_anti").orderBy("query_id")
+        if limit:
+            todo = todo.limit(limit)
+        encoder = build_encoder(self.cfg.embed)
+        index = ShardedIndex(self.index_root, self.cfg.index)
+        res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
+        k = self.cfg.retrieve.k
+        meta = self._meta("generate", res.inputs)
+        staged = self.lake.write_staging(todo.coalesce(1), "qa-in")
+        rounds = answered_rows = 0
+
+        def prepare(batch: Any) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+            """One round's retrievals (pandas) and the generator's input columns."""
+            qids, texts = batch.column("query_id").to_pylist(), batch.column("text").to_pylist()
+            hits = list(
+                search_queries(zip(qids, texts, strict=True), encoder, index, k * self.cfg.retrieve.chunk_headroom)
+            )
+            docs: pd.DataFrame = collapse_to_documents(self._hits_frame(hits), chunks, k).toPandas()  # type: ignore[assignment]
+            top = docs[docs["rank"] <= gcfg.context_chunks].sort_values(["query_id", "rank"])
+            wanted = sorted(set(top["chunk_id"]))
+            texts_by_id: dict[str, str] = {}
+            if wanted:
+                for row in chunks.where(F.col("chunk_id").isin(wanted)).select("chunk_id", "title", "text").collect():
+                    texts_by_id[row.chunk_id] = "\n".join([row.title or "", row.text])
+            ctx_ids = {q: list(g["chunk_id"]) for q, g in top.groupby("query_id")}
+            column = np.empty(len(qids), dtype=object)
+            column_texts = np.empty(len(qids), dtype=object)
+            for i, q in enumerate(qids):
+                column[i] = ctx_ids.get(q, [])
+                column_texts[i] = [texts_by_id[c] for c in column[i]]
+            return docs, {
+                "query_id": np.array(qids, dtype=object),
+                "question": np.array(texts, dtype=object),
+                "context_chunk_ids": column,
+                "context_texts": column_texts,
+            }
+
+        def commit(docs: pd.DataFrame, refs: list[Any]) -> None:
+            nonlocal rounds, answered_rows
+            out = GenerationPool.collect(refs)
+            if not docs.empty:
+                rdf = self.spark.createDataFrame(docs.assign(config_hash=rh, run_id=self.run_id))
+                res.outputs["retrievals"] = self.lake.merge(S.RETRIEVALS, rdf, meta=self._meta("retrieve", res.inputs))
+            adf = pd.DataFrame({c: list(v) for c, v in out.items()}).assign(config_hash=h, run_id=self.run_id)
+            adf = adf.astype({"tokens_in": "int32", "tokens_out": "int32", "latency_ms": "float64"})
+            res.outputs["answers"] = self.lake.merge(
+                S.ANSWERS, self.spark.createDataFrame(adf[S.ANSWERS.schema.fieldNames()], S.ANSWERS.schema), meta=meta
+            )
+            rounds += 1
+            answered_rows += len(adf)
+            log.info("qa: round %d merged, %d questions answered in this run", rounds, answered_rows)
+
+        try:
+            with GenerationPool(self.cfg) as pool:
+                pending: tuple[pd.DataFrame, list[Any]] | None = None
+                for batch in pads.dataset(staged, format="parquet").to_batches(batch_size=qcfg.batch_size):
+                    if batch.num_rows == 0:
+                        continue
+                    docs, inputs = prepare(batch)
+                    refs = pool.submit(inputs)
+                    if pending is not None:
+                        commit(*pending)  # the previous round merges while this one generates
+                    pending = (docs, refs)
+                if pending is not None:
+                    commit(*pending)
+        finally:
+            self.lake.drop_staging(staged)
+        if "answers" not in res.outputs:
+            res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
+        res.rows = answered_rows
+        res.info |= {"answered": answered_rows, "rounds": rounds}
         return self._finish(res, t0)
 
     def evaluate(self) -> StageResult:

@@ -289,3 +289,60 @@ def generate_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig) -> N
         batch_size=g.batch_size,
         rows_per_block=g.batch_size,
     )
+
+
+class GenerationPool:
+    """Long-lived Ray actors, one LLM engine each, for batch QA rounds (`Pipeline.qa`).
+
+    Unlike `generate_with_ray` (one Ray Data pass over a staged folder, actors gone at the end), the actors live
+    across rounds, so each engine loads once while the driver feeds bounded batches and merges each round's
+    answers before reading the next. `submit` splits a round into `generate.batch_size` pieces spread over the
+    actors (Ray queues calls per actor) and returns at once; `collect` waits and reassembles them in order.
+    """
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        import ray
+
+        from rag_spark.generate.ray_qa import AnswerBatch
+
+        init_ray(cfg.ray)
+        g = cfg.generate
+        self._batch = g.batch_size
+        actor_cls = ray.remote(AnswerBatch).options(num_cpus=g.cpus_per_actor, num_gpus=g.gpus_per_actor or 0)
+        self._actors: list[Any] = [actor_cls.remote(g) for _ in range(g.actors)]
+        self._next = 0
+
+    def submit(self, batch: dict[str, np.ndarray]) -> list[Any]:
+        """Queues one round (columns of `AnswerBatch`'s input); returns the pending pieces."""
+        n = len(batch["query_id"])
+        refs = []
+        for start in range(0, n, self._batch):
+            piece = {k: v[start : start + self._batch] for k, v in batch.items()}
+            actor = self._actors[self._next % len(self._actors)]
+            self._next += 1
+            refs.append(actor.answer.remote(piece))
+        return refs
+
+    @staticmethod
+    def collect(refs: list[Any]) -> dict[str, np.ndarray]:
+        """Waits for a round's pieces and concatenates their columns in submission order."""
+        import ray
+
+        parts = ray.get(refs)
+        if not parts:
+            return {}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self) -> None:
+        """Stops the actors (and the engines they hold)."""
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+    def __enter__(self) -> GenerationPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def run(spark, ray_local, tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("e2e")
-    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(dataset=str(ROOT / "tests/data/tiny"), out=str(out))
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(
+        dataset=str(ROOT / "tests/data/tiny"), out=str(out)
+    )
     pipeline = Pipeline(cfg, spark=spark)
     results = pipeline.run()
     return pipeline, results, out
@@ -126,11 +128,68 @@ def test_report(run) -> None:  # type: ignore[no-untyped-def]
 
 def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def]
     p, _, _ = run
-    before = {t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)}
+    before = {
+        t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)
+    }
     again = Pipeline(p.cfg, spark=spark)
     res = again.run(["ingest", "clean", "chunk", "embed", "generate"])
     assert res["embed"].info["embedded"] == 0
     assert res["generate"].info["to_answer"] == 0
-    after = {t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)}
+    after = {
+        t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)
+    }
     assert before == after
     assert p.lake.read(S.ANSWERS).count() == 6
+
+
+def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`qa` on a TSV questions file with llama.cpp, rounds of 2: killed while merging its second round, the rerun
+    answers only the rest; a third run answers nothing; the answers table holds each question once."""
+    from rag_spark.config import load_config_dict
+    from rag_spark.lake import Lake
+
+    p, _, _ = run
+    queries = sorted((r.query_id, r.text) for r in p.lake.read(S.QUERIES).collect())
+    questions = tmp_path / "questions.tsv"
+    questions.write_text("".join(f"{q}\t{t}\n" for q, t in queries), encoding="utf-8")
+    data = p.cfg.model_dump(mode="json")
+    data["generate"] |= {"backend": "llamacpp", "max_tokens": 16, "parallel_slots": 2, "cpu_threads": 1}
+    data["qa"] = {"questions": str(questions), "batch_size": 2}
+    cfg = load_config_dict(data)
+
+    real_merge = Lake.merge
+    answer_merges = []
+
+    def merge_then_die(self, table, df, **kwargs):  # type: ignore[no-untyped-def]
+        if table is S.ANSWERS:
+            answer_merges.append(1)
+            if len(answer_merges) == 2:
+                raise RuntimeError("killed")
+        return real_merge(self, table, df, **kwargs)
+
+    monkeypatch.setattr(Lake, "merge", merge_then_die)
+    killed = Pipeline(cfg, spark=spark)
+    with pytest.raises(RuntimeError, match="killed"):
+        killed.qa()
+    monkeypatch.setattr(Lake, "merge", real_merge)
+    h = killed.cfg.stage_hash("generate")
+    assert h != p.cfg.stage_hash("generate")  # another backend, another config: the vLLM answers stay apart
+    answers = p.lake.read(S.ANSWERS).where(F.col("config_hash") == h)
+    assert {r.run_id for r in answers.collect()} == {killed.run_id} and answers.count() == 2
+
+    resumed = Pipeline(cfg, spark=spark)
+    res = resumed.qa()
+    assert res.info["answered"] == len(queries) - 2 and res.info["rounds"] == 2
+    rows = p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()
+    assert sorted(r.query_id for r in rows) == [q for q, _ in queries]  # each question once
+    assert sum(r.run_id == killed.run_id for r in rows) == 2  # the first round was not redone
+    for r in rows:
+        assert r.model_id == "SmolLM2-135M-Instruct.Q4_1@b179c9523d0e+gguf" and r.tokens_in > 0
+        assert r.context_chunk_ids and set(r.cited_chunk_ids) <= set(r.context_chunk_ids)
+    retrieved = p.lake.read(S.RETRIEVALS).where(F.col("config_hash") == resumed.cfg.stage_hash("retrieve"))
+    assert retrieved.select("query_id").distinct().count() == len(queries)
+
+    version = p.lake.version(S.ANSWERS)
+    again = Pipeline(cfg, spark=spark).qa()
+    assert again.info["answered"] == 0 and p.lake.version(S.ANSWERS) == version
+    assert p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).count() == len(queries)

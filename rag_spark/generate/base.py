@@ -14,8 +14,9 @@ class Generation:
         text: The generated answer, stripped of surrounding whitespace.
         tokens_in: Prompt tokens, as counted by the engine.
         tokens_out: Generated tokens.
-        latency_ms: Time attributed to this prompt: the batch's wall time split in proportion to each prompt's
-            output tokens (prompts run together in one batch, so there is no per-prompt clock).
+        latency_ms: Time attributed to this prompt. vLLM: the batch's wall time split in proportion to each prompt's
+            output tokens (prompts run together in one batch, so there is no per-prompt clock). llama.cpp: the
+            request's own wall time in its slot, from submission to last token.
     """
 
     text: str

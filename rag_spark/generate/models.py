@@ -130,6 +130,47 @@ def resolve_model(spec: str, models_dir: str | Path) -> ResolvedModel:
     return ResolvedModel(path=path.resolve(), model_id=f"{path.name}@{sha[:12]}", source_sha256=sha)
 
 
+def resolve_gguf(spec: str, models_dir: str | Path, gguf: str | Path | None = None) -> ResolvedModel:
+    """The GGUF file llama.cpp runs for a model spec, checked against its sha256.
+
+    Args:
+        spec: `packaged:<name>` (its GGUF: the installed file, or the parts joined once into `models_dir`), or a
+            path to a `.gguf` file.
+        models_dir: Where a split packaged GGUF is reassembled.
+        gguf: An explicit GGUF file (`generate.gguf`); it wins over `spec`.
+
+    Returns:
+        `path` is the GGUF file; `model_id` is `<file stem>@<first 12 hex of its sha256>+gguf` (llama.cpp runs the
+        quantized weights, vLLM their bf16 conversion: answers differ, so the ids do too).
+
+    Raises:
+        ModelResolutionError: no GGUF for this spec (a Hugging Face folder), or the file is missing.
+        ModelIntegrityError: a packaged GGUF does not match its pinned sha256.
+    """
+    if gguf is None and spec.startswith(PACKAGED_PREFIX):
+        name = spec[len(PACKAGED_PREFIX) :]
+        model = PACKAGED_MODELS.get(name)
+        if model is None:
+            raise ModelResolutionError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED_MODELS))}")
+        models_path = Path(models_dir)
+        models_path.mkdir(parents=True, exist_ok=True)
+        with _file_lock(models_path / f".{model.name}.lock"):
+            path = _materialize_gguf(model, models_path)
+        return ResolvedModel(path=path.resolve(), model_id=f"{path.stem}@{model.sha256[:12]}+gguf",
+                             source_sha256=model.sha256)  # fmt: skip
+    path = Path(gguf if gguf is not None else spec).expanduser()
+    field = "generate.gguf" if gguf is not None else "generate.model"
+    if path.is_dir() or path.suffix.lower() != ".gguf":
+        raise ModelResolutionError(
+            f"{field} is {str(path)!r}: llama.cpp needs a .gguf file; set generate.gguf or use one of "
+            f"{', '.join(PACKAGED_PREFIX + n for n in PACKAGED_MODELS)}"
+        )
+    if not path.is_file():
+        raise ModelResolutionError(f"{field}: GGUF file not found: {path}")
+    sha = sha256_of_files([path])
+    return ResolvedModel(path=path.resolve(), model_id=f"{path.stem}@{sha[:12]}+gguf", source_sha256=sha)
+
+
 def prepare_models(specs: Iterable[str], models_dir: str | Path) -> list[ResolvedModel]:
     """Resolves (and converts where needed) every spec; the entry point of `make models`.
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from rag_spark.config import GenerateConfig
-from rag_spark.generate.base import Generator
-from rag_spark.generate.prompts import build_prompt, parse_citations
+from rag_spark.config import GenerateConfig, resolve_backend
+from rag_spark.generate.base import Generation, Generator
+from rag_spark.generate.prompts import NO_ANSWER, build_prompt, parse_citations
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,23 @@ OUTPUT_COLUMNS = (
 
 
 def make_generator(cfg: GenerateConfig) -> Generator:
-    """Builds the configured backend (not yet loaded).
+    """Builds the configured backend (not yet loaded); `auto` picks vllm when installed, else llamacpp.
 
     Raises:
         ValueError: `cfg.backend` is "none" (generation is switched off).
     """
-    if cfg.backend == "vllm":
+    backend = resolve_backend(cfg.backend)
+    if backend == "vllm":
         from rag_spark.generate.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(cfg)
-    raise ValueError(f"generate.backend is {cfg.backend!r}: no generator to build (allowed: 'vllm')")
+    if backend == "llamacpp":
+        from rag_spark.generate.llamacpp_backend import LlamaCppGenerator
+
+        return LlamaCppGenerator(cfg)
+    raise ValueError(
+        f"generate.backend is {cfg.backend!r}: no generator to build (allowed: 'auto', 'vllm', 'llamacpp')"
+    )
 
 
 def _str_list(value: Any) -> list[str]:
@@ -78,8 +85,9 @@ class AnswerBatch:
 
     Output columns: `query_id`, `answer`, `cited_chunk_ids` (ids the answer cites as `[n]`),
     `context_chunk_ids` (ids actually included in the prompt, after the token budget), `prompt_hash`, `model_id`,
-    `tokens_in`, `tokens_out`, `latency_ms`. `latency_ms` is the batch's generation wall time split in proportion
-    to each answer's output tokens (the engine runs the batch together; prompt building is not included).
+    `tokens_in`, `tokens_out`, `latency_ms` (as the backend measures it, see `Generation`; prompt building is not
+    included). A question without context gets the template's "I don't know" with `tokens_out` 0 and no model
+    call when `cfg.abstain_without_context` (the default).
 
     Args:
         cfg: Generation settings.
@@ -103,6 +111,13 @@ class AnswerBatch:
         if callable(setup):
             setup()
 
+    def answer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Same as calling the object (a named method for Ray actor handles)."""
+        return self(batch)
+
+    def _count(self, prompt: str) -> int:
+        return self.generator.count_tokens(prompt)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [c for c in INPUT_COLUMNS if c not in batch]
         if missing:
@@ -118,7 +133,16 @@ class AnswerBatch:
                 raise ValueError(f"context_chunk_ids ({len(ids_list)}) and context_texts ({len(texts_list)}) differ")
             contexts = list(zip(ids_list, texts_list, strict=True))
             builds.append(build_prompt(str(question), contexts, tokenizer, self.cfg))
-        generations = generator.generate([b.prompt for b in builds])
+        # Without any context the template's answer is "I don't know": give it without asking the model, which
+        # (at 135M-0.5B parameters) tends to answer from memory instead. tokens_out 0 marks these rows.
+        abstain = [self.cfg.abstain_without_context and not b.included_ids for b in builds]
+        asked = [b.prompt for b, skip in zip(builds, abstain, strict=True) if not skip]
+        answered = iter(generator.generate(asked))
+        no_answer = NO_ANSWER[self.cfg.language]
+        generations = [
+            Generation(no_answer, self._count(b.prompt), 0, 0.0) if skip else next(answered)
+            for b, skip in zip(builds, abstain, strict=True)
+        ]
         model_id = generator.model_id
         return {
             "query_id": np.asarray(batch["query_id"]),

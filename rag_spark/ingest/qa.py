@@ -63,3 +63,59 @@ def read_answers(spark: SparkSession, dataset: str) -> DataFrame:
         .select(F.col("_id").alias("query_id"), "answer")
         .dropDuplicates(["query_id"])
     )
+
+
+_ID_FIELDS = ("_id", "query_id", "id")
+_TEXT_FIELDS = ("text", "question")
+
+
+def read_question_file(spark: SparkSession, path: str | Path) -> DataFrame:
+    """A questions file for batch QA -> query_id, text (read lazily by Spark, never collected).
+
+    `.jsonl`/`.json`: one object per line with an id (`_id`, `query_id` or `id`) and a question (`text` or
+    `question`). `.tsv`/`.txt`: `id<TAB>question` per line, no header.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the file and the number of lines without an id or a question, or of duplicate ids.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"qa.questions: questions file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix in {".jsonl", ".json"}:
+        fields = ", ".join(f"`{f}` string" for f in (*_ID_FIELDS, *_TEXT_FIELDS))
+        raw = (
+            spark.read.schema(f"{fields}, _corrupt_record string")
+            .option("columnNameOfCorruptRecord", "_corrupt_record")
+            .json(str(p.resolve()))
+        )
+        df = raw.select(
+            F.coalesce(*[F.col(f"`{f}`") for f in _ID_FIELDS]).alias("query_id"),
+            F.coalesce(*[F.col(f) for f in _TEXT_FIELDS]).alias("text"),
+            F.col("_corrupt_record").isNotNull().alias("_bad"),
+        )
+        expected = "JSON objects with an id (_id/query_id/id) and a question (text/question)"
+    elif suffix in {".tsv", ".txt"}:
+        raw = spark.read.text(str(p.resolve()))
+        parts = F.split(F.col("value"), "\t", 2)
+        df = raw.where(F.trim("value") != "").select(
+            F.get(parts, 0).alias("query_id"), F.get(parts, 1).alias("text"), F.lit(False).alias("_bad")
+        )
+        expected = "'id<TAB>question' lines"
+    else:
+        raise ValueError(f"qa.questions: {p} must be .jsonl/.json or .tsv/.txt, not {suffix or 'no extension'!r}")
+    df = df.withColumn("query_id", F.trim("query_id")).withColumn("text", F.trim("text"))
+    df = df.cache()
+    bad = df.where(
+        F.col("_bad") | F.col("query_id").isNull() | (F.col("query_id") == "") | F.col("text").isNull()
+        | (F.col("text") == "")
+    ).count()  # fmt: skip
+    if bad:
+        df.unpersist()
+        raise ValueError(f"{p}: {bad} line(s) are not {expected}")
+    dups = df.groupBy("query_id").count().where("count > 1").count()
+    if dups:
+        df.unpersist()
+        raise ValueError(f"{p}: {dups} question id(s) appear more than once")
+    return df.select("query_id", "text")
