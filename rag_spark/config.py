@@ -63,13 +63,48 @@ class IngestConfig(_Section):
     extensions: list[str] = ["txt", "md", "html", "htm", "jsonl"]
 
 
+class NearDedupConfig(_Section):
+    """MinHash + LSH near-duplicate removal (`rag_spark.clean.dedup_minhash`), run after exact dedup.
+
+    Defaults chosen by `benchmarks/dedup.py` on fr/en/es Wikipedia summaries with planted edits (README): character
+    5-grams of the normalized text survive scattered word edits far better than word 5-grams; with 128 permutations
+    in 32 bands of 4 rows, pairs at Jaccard 0.5 are candidates with probability 1-(1-0.5^4)^32 = 0.87 and the
+    verification threshold then keeps pairs at >= 0.5.
+    """
+
+    enabled: bool = True
+    shingle: Literal["char", "word"] = "char"
+    """Character n-grams (over the UTF-8 bytes of the normalized text) or word n-grams."""
+    shingle_size: int = Field(5, ge=1, le=64)
+    num_perm: int = Field(128, ge=8, le=1024)
+    """MinHash permutations (signature length)."""
+    bands: int = Field(32, ge=1)
+    """LSH bands; num_perm must be a multiple of bands (rows per band = num_perm / bands)."""
+    threshold: float = Field(0.5, gt=0, le=1)
+    """Minimum estimated Jaccard similarity of a verified pair."""
+    seed: int = 42
+    max_bucket_size: int = Field(200, ge=2)
+    """LSH buckets with more documents pair each one with the bucket's smallest id only (linear, not quadratic)."""
+    max_iterations: int = Field(30, ge=1)
+    """Rounds of connected-components label propagation before giving up."""
+
+    @model_validator(mode="after")
+    def _bands_divide_perm(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(
+                f"near_dedup.num_perm ({self.num_perm}) must be a multiple of near_dedup.bands ({self.bands})"
+            )
+        return self
+
+
 class CleanConfig(_Section):
-    """Normalization and exact dedup into `silver`."""
+    """Normalization, exact dedup and near-duplicate dedup into `silver`."""
 
     unicode_form: Literal["NFC", "NFKC"] = "NFKC"
     min_chars: int = Field(20, ge=0)
     """Documents shorter than this after cleaning are quarantined."""
     fix_mojibake: bool = True
+    near_dedup: NearDedupConfig = NearDedupConfig()
 
 
 class ChunkConfig(_Section):
