@@ -117,7 +117,11 @@ def dedup_jsonl(
         duplicates = exact
     v = summary.versions
     v["silver"] = lake.merge(
-        S.SILVER, kept, meta=meta, changed="t.text_hash <> s.text_hash OR NOT (t.title <=> s.title)", delete_missing=True
+        S.SILVER,
+        kept,
+        meta=meta,
+        changed="t.text_hash <> s.text_hash OR NOT (t.title <=> s.title)",
+        delete_missing=True,
     )
     v["duplicates"] = lake.merge(
         S.DUPLICATES,

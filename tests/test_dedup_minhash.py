@@ -120,7 +120,7 @@ def test_near_dedup_clusters_planted_set(spark) -> None:  # type: ignore[no-unty
 def test_near_dedup_config_validation() -> None:
     with pytest.raises(ConfigError, match="num_perm"):
         load_config_dict({"clean": {"near_dedup": {"num_perm": 100, "bands": 32}}})
-    with pytest.raises(ConfigError, match="clean.near_dedup.shingle"):
+    with pytest.raises(ConfigError, match=r"clean\.near_dedup\.shingle"):
         load_config_dict({"clean": {"near_dedup": {"shingle": "sentence"}}})
 
 
@@ -169,5 +169,5 @@ def test_dedup_cli_standalone(spark, tmp_path: Path, capsys) -> None:  # type: i
 def test_dedup_missing_input(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from rag_spark.dedup import dedup_jsonl
 
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         dedup_jsonl(spark, str(tmp_path / "nope.jsonl"), str(tmp_path / "out"), NearDedupConfig())

@@ -15,7 +15,9 @@ The job, all lazy DataFrame transformations (no I/O here):
 4. **Verify**: each candidate pair's Jaccard similarity is estimated from the two full signatures (fraction of
    equal MinHash values, standard error <= 0.5/sqrt(num_perm)); pairs below `threshold` are dropped.
 5. **Connected components** of the verified pairs by iterative min-label propagation with pointer jumping
-   (Spark joins, `localCheckpoint` per round). The label of a component is its smallest id.
+   (Spark joins, `localCheckpoint` per round). The label of a component is its smallest id. When there are at
+   most `local_components_max_edges` verified pairs (the usual case: near duplicates are a minority), the
+   components are computed on the driver with scipy instead, the same labels without Spark rounds.
 6. **Representative**: the smallest id of each cluster (the same rule as exact dedup), so the choice does not
    depend on partitioning or input order. Every other member is a duplicate of it, with the estimated Jaccard
    similarity *to the representative* (transitively linked members can be below `threshold`).
@@ -129,9 +131,7 @@ def _windows(starts: np.ndarray, ends: np.ndarray, k: int) -> tuple[np.ndarray, 
     return seg, w_start, w_end
 
 
-def shingle_hashes(
-    data: np.ndarray, offsets: np.ndarray, kind: str, size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(data: np.ndarray, offsets: np.ndarray, kind: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of every shingle of a batch of normalized texts (UTF-8 bytes `data`, Arrow `offsets`).
 
     Returns:
@@ -331,9 +331,43 @@ def connected_components(edges: DataFrame, max_iterations: int = 30) -> DataFram
     )
 
 
-def near_duplicates(
-    df: DataFrame, cfg: NearDedupConfig, id_col: str = "doc_id", text_col: str = "text"
-) -> DataFrame:
+def components_on_driver(edges: DataFrame) -> DataFrame:
+    """The same labels as `connected_components`, computed on the driver with scipy's sparse graph routine.
+
+    Used when the verified edges are few (`local_components_max_edges`): near-duplicate edges are usually a small
+    fraction of the documents, and one collect replaces several Spark rounds of joins.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
+
+    spark = edges.sparkSession
+    rows = edges.select("a", "b").collect()
+    if not rows:
+        return spark.createDataFrame([], "id string, label string")
+    nodes = np.array(sorted({r[0] for r in rows} | {r[1] for r in rows}), dtype=object)
+    index = {n: i for i, n in enumerate(nodes)}
+    a = np.fromiter((index[r[0]] for r in rows), dtype=np.int64, count=len(rows))
+    b = np.fromiter((index[r[1]] for r in rows), dtype=np.int64, count=len(rows))
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (a, b)), shape=(nodes.size, nodes.size))
+    _, comp = cc(graph, directed=False)
+    # Nodes are sorted, so the first node of each component in index order is its smallest id.
+    first = np.full(comp.max() + 1, nodes.size, dtype=np.int64)
+    np.minimum.at(first, comp, np.arange(nodes.size))
+    labels = nodes[first[comp]]
+    return spark.createDataFrame(list(zip(nodes.tolist(), labels.tolist(), strict=True)), "id string, label string")
+
+
+def cluster_labels(edges: DataFrame, cfg: NearDedupConfig) -> DataFrame:
+    """Connected components of verified edges: on the driver when they are few, else distributed in Spark."""
+    n_edges = edges.count()
+    if n_edges <= cfg.local_components_max_edges:
+        log.debug("connected components of %d edges on the driver", n_edges)
+        return components_on_driver(edges)
+    log.debug("connected components of %d edges with Spark label propagation", n_edges)
+    return connected_components(edges, cfg.max_iterations)
+
+
+def near_duplicates(df: DataFrame, cfg: NearDedupConfig, id_col: str = "doc_id", text_col: str = "text") -> DataFrame:
     """Rows of `df` that are near-duplicates of another row: (doc_id, duplicate_of, similarity).
 
     `duplicate_of` is the smallest id of the row's cluster (never itself a duplicate); `similarity` is the
@@ -341,7 +375,7 @@ def near_duplicates(
     """
     sigs = signatures(df, cfg, id_col, text_col).localCheckpoint()
     edges = similar_pairs(sigs, cfg).localCheckpoint()
-    labels = connected_components(edges, cfg.max_iterations).where(F.col("id") != F.col("label"))
+    labels = cluster_labels(edges, cfg).where(F.col("id") != F.col("label"))
     s = sigs.select("id", "sig")
     members = labels.join(s, "id").join(s.withColumnRenamed("id", "label").withColumnRenamed("sig", "rep_sig"), "label")
     return members.select(
