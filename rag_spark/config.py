@@ -107,6 +107,17 @@ class CleanConfig(_Section):
     min_chars: int = Field(20, ge=0)
     """Documents shorter than this after cleaning are quarantined."""
     fix_mojibake: bool = True
+    join_hyphenation: bool = True
+    """Join words hyphenated at a line break ("infor-\\nmation" -> "information"; a capital after the break is kept)."""
+    mask_pii: bool = False
+    """Replace e-mail addresses by <EMAIL> and phone numbers (9-15 digits) by <PHONE>."""
+    min_words: int = Field(0, ge=0)
+    """Documents with fewer words after cleaning are quarantined."""
+    max_symbol_ratio: float = Field(0.3, gt=0, le=1)
+    """Documents whose share of characters that are not letters, digits or spaces is above this are quarantined
+    (real prose here: median 0.03, max 0.13 over the demo corpus)."""
+    boilerplate_min_docs: int = Field(0, ge=0)
+    """Lines found in at least this many documents are removed as boilerplate; 0 turns the rule off."""
     near_dedup: NearDedupConfig = NearDedupConfig()
 
 

@@ -27,7 +27,7 @@ from rag_spark import schema as S
 from rag_spark.clean.chunk import chunk_documents
 from rag_spark.clean.dedup_exact import dedup_exact
 from rag_spark.clean.dedup_minhash import dedup_near
-from rag_spark.clean.normalize import clean_documents
+from rag_spark.clean.normalize import clean_documents, rule_counts
 from rag_spark.config import PipelineConfig
 from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import model_id, resolve_encoder
@@ -170,6 +170,7 @@ class Pipeline:
         meta = self._meta("clean", res.inputs)
         cleaned, bad = clean_documents(bronze, self.cfg.clean, self.run_id)
         cleaned = cleaned.cache()
+        rules = rule_counts(cleaned, bad)
         kept, dups = dedup_exact(cleaned, self.run_id)
         if self.cfg.clean.near_dedup.enabled:
             kept, near = dedup_near(kept, self.cfg.clean.near_dedup, self.run_id)
@@ -213,7 +214,9 @@ class Pipeline:
             "exact_duplicates": by_method.get("exact", 0),
             "near_duplicates": by_method.get("near", 0),
             "quarantined": n_bad,
+            "rules": rules,
         }
+        log.info("clean rules: %s", rules)
         return self._finish(res, t0)
 
     def chunk(self) -> StageResult:
