@@ -171,3 +171,14 @@ def test_dedup_missing_input(spark, tmp_path: Path) -> None:  # type: ignore[no-
 
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         dedup_jsonl(spark, str(tmp_path / "nope.jsonl"), str(tmp_path / "out"), NearDedupConfig())
+
+
+def test_candidate_pairs_all_pairs_or_star(spark) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark.clean.dedup_minhash import candidate_pairs, signatures
+
+    df = spark.createDataFrame([(i, BASES[0]) for i in "dcba"] + [("e", BASES[1])], "doc_id string, text string")
+    sigs = signatures(df, NearDedupConfig())
+    pairs = {(r.a, r.b) for r in candidate_pairs(sigs, NearDedupConfig()).collect()}
+    assert pairs == {("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")}
+    star = {(r.a, r.b) for r in candidate_pairs(sigs, NearDedupConfig(max_bucket_size=3)).collect()}
+    assert star == {("a", "b"), ("a", "c"), ("a", "d")}
