@@ -14,7 +14,7 @@ log = logging.getLogger("rag_spark")
 
 _STAGE_HELP = {
     "ingest": "dataset folder -> bronze, quarantine, queries, qrels, gold_answers",
-    "clean": "bronze -> silver (normalized, exact dedup), duplicates",
+    "clean": "bronze -> silver (normalized, exact + near-duplicate dedup), duplicates",
     "chunk": "silver -> chunks",
     "embed": "chunks -> embeddings (Ray actor pool)",
     "index": "embeddings -> sharded FAISS index + manifest",
@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", type=Path)
     models.add_argument("--models-dir", type=Path, default=None)
     models.add_argument("specs", nargs="*", help="model specs (default: generate.model of the config)")
+    dd = sub.add_parser(
+        "dedup",
+        help="exact + near-duplicate removal of any JSONL file -> Delta tables and clusters.tsv under --out",
+    )
+    dd.add_argument("--input", required=True, help="JSONL file, one record per line")
+    dd.add_argument("--id-field", default="id", help="record field holding the id (default: id)")
+    dd.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
+    dd.add_argument("--out", required=True, help="output folder: silver, duplicates, quarantine tables, clusters.tsv")
+    dd.add_argument("--config", type=Path, help="YAML config; clean.near_dedup and spark are used")
+    dd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     show = sub.add_parser("config", help="print the effective configuration (validated)")
     _common(show)
     return parser
@@ -118,6 +128,32 @@ def _qa(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dedup(args: argparse.Namespace) -> int:
+    from rag_spark.dedup import dedup_jsonl
+    from rag_spark.spark import build_spark
+
+    cfg = load_config(args.config)
+    spark = build_spark(cfg.spark)
+    s = dedup_jsonl(
+        spark,
+        args.input,
+        args.out,
+        cfg.clean.near_dedup,
+        id_field=args.id_field,
+        text_field=args.text_field,
+    )
+    print(f"dedup {s.input}: {s.lines} records in {s.seconds:.1f} s")
+    print(f"  kept              {s.kept}")
+    print(f"  exact duplicates  {s.exact_duplicates}")
+    print(f"  near duplicates   {s.near_duplicates}")
+    print(f"  quarantined       {s.quarantined}")
+    for reason, n in sorted(s.quarantine_reasons.items()):
+        print(f"    {n:>6}  {reason}")
+    print(f"  tables            {Path(args.out).resolve()} (silver, duplicates, quarantine)")
+    print(f"  clusters          {s.clusters_tsv}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -143,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             models_dir = args.models_dir or Path(cfg.generate.models_dir)
             prepare_models(args.specs or [cfg.generate.model], models_dir)
             return 0
+        if args.command == "dedup":
+            return _dedup(args)
         cfg = _load(args)
         if args.command == "config":
             print(cfg.to_yaml(), end="")

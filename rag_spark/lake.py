@@ -141,6 +141,32 @@ class Lake:
         df = self.spark.createDataFrame(row, LINEAGE.schema)
         self.merge(LINEAGE, df, meta={"run_id": run_id, "stage": "lineage"})
 
+    # -- exports --
+
+    def export_tsv(self, df: DataFrame, path: str, sort_by: str) -> str:
+        """Writes `df` as one tab-separated file with a header, sorted by `sort_by`; returns its path.
+
+        Spark writes a folder of parts; one sorted partition is written next to `path` and its single part
+        renamed, so a reader gets one plain file and a crash never leaves a half-written `path`. Local paths only.
+        """
+        if "://" in path:
+            raise ValueError(f"export_tsv writes local files only, not {path}")
+        target = Path(path)
+        parts = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        (
+            df.repartition(1)
+            .sortWithinPartitions(sort_by)
+            .write.option("sep", "\t")
+            .option("header", True)
+            .csv(str(parts))
+        )
+        try:
+            (part,) = list(parts.glob("part-*"))
+            part.replace(target)
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+        return str(target)
+
     # -- exchanges with Ray: plain parquet folders that are staged, then merged into Delta by Spark --
 
     def staging_dir(self, name: str) -> str:

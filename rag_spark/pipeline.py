@@ -26,8 +26,10 @@ from pyspark.sql import functions as F
 from rag_spark import schema as S
 from rag_spark.clean.chunk import chunk_documents
 from rag_spark.clean.dedup_exact import dedup_exact
-from rag_spark.clean.normalize import clean_documents
+from rag_spark.clean.dedup_minhash import dedup_near
+from rag_spark.clean.normalize import clean_documents, rule_counts
 from rag_spark.config import PipelineConfig
+from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import chunk_tokenizer, model_id
 from rag_spark.ingest.documents import collect_documents
 from rag_spark.ingest.qa import read_answers, read_qrels, read_queries
@@ -36,10 +38,6 @@ from rag_spark.lake import Lake
 log = logging.getLogger(__name__)
 
 STAGES = ["ingest", "clean", "chunk", "embed", "index", "retrieve", "generate", "evaluate", "report"]
-
-
-class AccountingError(RuntimeError):
-    """Rows in != rows kept + duplicates + quarantined: something was dropped silently."""
 
 
 def new_run_id(cfg: PipelineConfig) -> str:
@@ -172,7 +170,11 @@ class Pipeline:
         meta = self._meta("clean", res.inputs)
         cleaned, bad = clean_documents(bronze, self.cfg.clean, self.run_id)
         cleaned = cleaned.cache()
+        rules = rule_counts(cleaned, bad)
         kept, dups = dedup_exact(cleaned, self.run_id)
+        if self.cfg.clean.near_dedup.enabled:
+            kept, near = dedup_near(kept, self.cfg.clean.near_dedup, self.run_id)
+            dups = resolve_duplicates(dups, near)
         kept = kept.withColumn("run_id", F.lit(self.run_id))
         res.outputs["silver"] = self.lake.merge(
             S.SILVER,
@@ -185,15 +187,19 @@ class Pipeline:
             S.DUPLICATES,
             dups,
             meta=meta,
-            changed="t.duplicate_of <> s.duplicate_of",
-            delete_missing="t.method = 'exact'",
+            changed="t.duplicate_of <> s.duplicate_of OR t.method <> s.method OR t.similarity <> s.similarity",
+            delete_missing=True,
         )
         res.outputs["quarantine"] = self.lake.merge(
             S.QUARANTINE, bad, meta=meta, changed="t.reason <> s.reason", delete_missing="t.stage = 'clean'"
         )
         n_in = bronze.count()
         n_kept = self.lake.read(S.SILVER, res.outputs["silver"]).count()
-        n_dup = self.lake.read(S.DUPLICATES, res.outputs["duplicates"]).count()
+        by_method = {
+            r["method"]: int(r["count"])
+            for r in self.lake.read(S.DUPLICATES, res.outputs["duplicates"]).groupBy("method").count().collect()
+        }
+        n_dup = sum(by_method.values())
         n_bad = self.lake.read(S.QUARANTINE, res.outputs["quarantine"]).where("stage = 'clean'").count()
         cleaned.unpersist()
         if n_in != n_kept + n_dup + n_bad:
@@ -201,7 +207,16 @@ class Pipeline:
                 f"clean: {n_in} bronze rows != {n_kept} kept + {n_dup} duplicates + {n_bad} quarantined"
             )
         res.rows = n_kept
-        res.info = {"bronze": n_in, "silver": n_kept, "duplicates": n_dup, "quarantined": n_bad}
+        res.info = {
+            "bronze": n_in,
+            "silver": n_kept,
+            "duplicates": n_dup,
+            "exact_duplicates": by_method.get("exact", 0),
+            "near_duplicates": by_method.get("near", 0),
+            "quarantined": n_bad,
+            "rules": rules,
+        }
+        log.info("clean rules: %s", rules)
         return self._finish(res, t0)
 
     def chunk(self) -> StageResult:

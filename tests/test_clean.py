@@ -53,3 +53,54 @@ def test_dedup_exact_keeps_smallest_id(spark) -> None:  # type: ignore[no-untype
             "doc_id string, duplicate_of string, similarity double, method string",
         ),
     )
+
+
+def test_dehyphenate_joins_words_cut_at_line_breaks() -> None:
+    from rag_spark.clean.text import dehyphenate
+
+    text, n = dehyphenate("une infor-\nmation, Jean-\nPierre et 1935-\n1940")
+    assert (text, n) == ("une information, Jean-\nPierre et 1935-\n1940", 1)
+
+
+def test_mask_pii_emails_and_phones_only() -> None:
+    from rag_spark.clean.text import mask_pii
+
+    text, emails, phones = mask_pii(
+        "Écrire à jean.dupont@example.fr ou au +33 6 12 34 56 78 ; (555) 123-4567 ; né en 1935, le 12 08 2014, "
+        "1 000 000 habitants"
+    )
+    assert (emails, phones) == (1, 2)
+    assert text == ("Écrire à <EMAIL> ou au <PHONE> ; <PHONE> ; né en 1935, le 12 08 2014, 1 000 000 habitants")
+
+
+def test_clean_rules_counted_and_quarantined(spark) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark.clean.normalize import rule_counts
+
+    nav = "Accueil | Plan du site | Contact"
+    prose = "Debian est un système d'exploitation libre, développé par une communauté de bénévoles depuis 1993."
+    rows = [
+        ("a", f"{nav}\n{prose}\nÉcrire à admin@debian.org pour une infor-\nmation."),
+        ("b", f"{nav}\nLe projet publie une nouvelle version stable tous les deux ans environ, avec des mises à jour."),
+        ("c", f"{nav}\nLes paquets sont construits automatiquement pour de nombreuses architectures matérielles."),
+        ("d", "|| == ++ ** ## @@ !! ?? // \\\\ -- __ ;; :: ,, .. ~~ ^^ && %% $$ ** ++ == || <> [] {} ()"),
+        ("e", "Trois mots seulement ici."),
+    ]
+    bronze = spark.createDataFrame(
+        [(i, f"u/{i}", "txt", None, t) for i, t in rows],
+        "doc_id string, source_uri string, format string, title string, raw_text string",
+    )
+    cfg = CleanConfig(min_chars=10, min_words=5, max_symbol_ratio=0.5, boilerplate_min_docs=3, mask_pii=True)
+    kept, bad = clean_documents(bronze, cfg, "r1")
+    texts = {r.doc_id: r.text for r in kept.collect()}
+    assert set(texts) == {"a", "b", "c"}
+    assert texts["a"] == f"{prose}\nÉcrire à <EMAIL> pour une information."  # boilerplate line gone
+    assert {r.record_id: r.reason for r in bad.collect()} == {"d": "too many symbols", "e": "too few words"}
+    counts = rule_counts(kept, bad)
+    assert counts == {
+        "hyphenations": 1,
+        "emails": 1,
+        "phones": 0,
+        "boilerplate_lines": 3,
+        "quarantined: too many symbols": 1,
+        "quarantined: too few words": 1,
+    }

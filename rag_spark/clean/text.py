@@ -53,3 +53,62 @@ def clean_document(raw: str, fmt: str, unicode_form: UnicodeForm = "NFKC", fix_m
     """Raw document text (of format `fmt`) -> normalized plain text."""
     text = html_to_text(raw) if fmt == "html" else raw
     return normalize_text(text, unicode_form, fix_mojibake)
+
+
+# A word cut at a line break: letters, a hyphen, the break, then a lowercase continuation ("infor-\nmation").
+# A capital after the break ("Jean-\nPierre" typeset as two lines) is kept as a hyphenated compound.
+_HYPHEN_BREAK = re.compile(r"(?<=[^\W\d_])[-\u00ad\u2010][ \t]*\n[ \t]*(?=[^\W\d_A-ZÀ-ÖØ-Þ])")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?!\w)")
+# Phone-like: optional +country, groups of digits separated by space, dot, dash or parentheses; 9-15 digits in all
+# (checked in `_phone`) so years, dates and ordinary numbers are left alone.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,4}){1,6}|\+\d{9,15}|0\d{9})(?!\w)"
+)
+
+
+def dehyphenate(text: str) -> tuple[str, int]:
+    """Joins words hyphenated at line breaks; returns (text, number of joins)."""
+    return _HYPHEN_BREAK.subn("", text)
+
+
+def mask_pii(text: str) -> tuple[str, int, int]:
+    """Replaces e-mail addresses by `<EMAIL>` and phone numbers by `<PHONE>`; returns (text, emails, phones)."""
+    text, emails = _EMAIL.subn("<EMAIL>", text)
+    phones = 0
+
+    def _phone(m: re.Match[str]) -> str:
+        nonlocal phones
+        digits = sum(c.isdigit() for c in m.group(0))
+        if 9 <= digits <= 15:
+            phones += 1
+            return "<PHONE>"
+        return m.group(0)
+
+    return _PHONE.sub(_phone, text), emails, phones
+
+
+def symbol_ratio(text: str) -> float:
+    """Share of characters that are neither letters, digits nor whitespace (markup debris, tables of symbols)."""
+    if not text:
+        return 0.0
+    return sum(1 for c in text if not (c.isalnum() or c.isspace())) / len(text)
+
+
+def clean_with_rules(
+    raw: str,
+    fmt: str,
+    unicode_form: UnicodeForm = "NFKC",
+    fix_mojibake: bool = True,
+    join_hyphenation: bool = True,
+    pii: bool = False,
+) -> tuple[str, int, int, int]:
+    """`clean_document` plus the optional rules; returns (text, hyphenations joined, emails, phones masked)."""
+    text = html_to_text(raw) if fmt == "html" else raw
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    joins = emails = phones = 0
+    if join_hyphenation:
+        text, joins = dehyphenate(text)
+    text = normalize_text(text, unicode_form, fix_mojibake)
+    if pii:
+        text, emails, phones = mask_pii(text)
+    return text, joins, emails, phones
