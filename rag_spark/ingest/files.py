@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -85,8 +85,13 @@ class FileEntry:
 
 
 def to_uri(path: str) -> str:
-    """A local path as a `file:` URI; URIs (s3a://, hdfs://, file:) pass unchanged."""
-    return path if "://" in path or path.startswith("file:") else Path(path).expanduser().resolve().as_uri()
+    """A local path as a `file:` path for Hadoop; URIs (s3a://, hdfs://, file:) pass unchanged.
+
+    Not `Path.as_uri()`: it percent-escapes glob characters (`*` -> %2A), and Hadoop expects them raw.
+    """
+    if "://" in path or path.startswith("file:"):
+        return path
+    return "file:" + os.path.abspath(os.path.expanduser(path))
 
 
 def _is_glob(pattern: str) -> bool:
