@@ -143,7 +143,7 @@ def collect(
             .distinct()
             .collect()
         }
-    source_rows = []
+    source_rows: list[tuple[str, str, str | None, int | None, datetime | None, str, str]] = []
     unchanged: list[str] = []
     docs = spark.createDataFrame([], DOCS_SCHEMA)
     bad = spark.createDataFrame([], BAD_SCHEMA)

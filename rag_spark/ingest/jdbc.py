@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -68,6 +70,18 @@ def jdbc_reader_options(src: JdbcSource) -> dict[str, str]:
     return opts
 
 
+@contextmanager
+def _py4j_quiet() -> Iterator[None]:
+    """py4j logs every command it sends to the JVM at DEBUG level, option values (the password) included."""
+    logger = logging.getLogger("py4j")
+    level = logger.level
+    logger.setLevel(max(level, logging.INFO))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFrame, str]:
     """Reads a table or query into documents (`<name>/<id>`); rows without id or text go to quarantine.
 
@@ -80,7 +94,8 @@ def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFram
     uri = source_uri(src)
     opts = jdbc_reader_options(src)
     try:
-        df = spark.read.format("jdbc").options(**opts).load()  # resolves the schema: connects now
+        with _py4j_quiet():
+            df = spark.read.format("jdbc").options(**opts).load()  # resolves the schema: connects now
     except Exception as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         if "password" in opts:
