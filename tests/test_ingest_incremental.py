@@ -60,30 +60,22 @@ def test_rerun_reads_nothing_and_changes_one_row(spark, tiny_dataset: Path, tmp_
     assert lake.read(S.QUARANTINE).count() == n_bad  # the empty file and the bad JSONL line are still there
     assert {r.run_id for r in lake.read(S.BRONZE).collect()} == {"run-1"}
 
+    # One file edited, one removed: exactly one row updated and one deleted, only the edited file read.
     changed = data / "docs" / "notes.md"
     changed.write_text(changed.read_text(encoding="utf-8") + "\nUne ligne ajoutée.\n", encoding="utf-8")
     os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 5))
+    (data / "docs" / "latin1.txt").unlink()
     third = Pipeline(cfg, spark=spark, run_id="run-3").ingest()
-    assert third.info["files_read"] == 1
+    assert third.info["files_read"] == 1 and third.info["files_unchanged"] == n_files - 2
     metrics = _last_merge(spark, lake.root, "bronze")
     assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"], metrics["numTargetRowsDeleted"]) == (
         0,
         1,
-        0,
+        1,
     )
     rows = {r.doc_id: r for r in lake.read(S.BRONZE).collect()}
-    assert len(rows) == n_bronze
+    assert len(rows) == n_bronze - 1 and "latin1.txt" not in rows
     assert rows["notes.md"].run_id == "run-3" and "Une ligne ajoutée." in rows["notes.md"].raw_text
     assert {r.run_id for d, r in rows.items() if d != "notes.md"} == {"run-1"}
-
-    (data / "docs" / "latin1.txt").unlink()
-    fourth = Pipeline(cfg, spark=spark, run_id="run-4").ingest()
-    assert fourth.info["files_read"] == 0
-    metrics = _last_merge(spark, lake.root, "bronze")
-    assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"], metrics["numTargetRowsDeleted"]) == (
-        0,
-        0,
-        1,
-    )
-    assert "latin1.txt" not in {r.doc_id for r in lake.read(S.BRONZE).collect()}
     assert lake.read(S.SOURCES).count() == n_files - 1
+    assert lake.read(S.QUARANTINE).count() == n_bad
