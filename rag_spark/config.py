@@ -438,8 +438,8 @@ class PipelineConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-# Where files are cached, not what they hold: excluded from config hashes.
-_NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}}
+# Where files are cached, not what they hold, and how much is re-read: excluded from config hashes.
+_NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}, "ingest": {"incremental"}}
 _NOT_HASHED_NESTED: dict[str, Any] = {k: dict.fromkeys(v, True) for k, v in _NOT_HASHED.items()}
 
 # Which sections each stage's output depends on (its own and every upstream one).

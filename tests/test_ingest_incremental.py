@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from delta.tables import DeltaTable
 
 from rag_spark import schema as S
@@ -35,6 +36,7 @@ def _dataset(tiny: Path, data: Path) -> None:
     (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tfaq/gnu.html\t1\n")
 
 
+@pytest.mark.slow
 def test_rerun_reads_nothing_and_changes_one_row(spark, tiny_dataset: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
     _dataset(tiny_dataset, data)
