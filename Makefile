@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars data models browser demo test test-fast lint bench clean distclean
+.PHONY: install jars data models browser postgres demo test test-fast lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -59,13 +59,20 @@ browser:
 	    apt-get install -y -q chromium >/dev/null || { apt-get update -qq && apt-get install -y -q chromium >/dev/null; }; \
 	  else echo "chromium is missing and we are not root: the browser test will be skipped"; fi; }
 
+# PostgreSQL (Debian package) for the JDBC source test, which starts its own server on a temporary folder.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
+	  else echo "postgresql is missing and we are not root: the JDBC test will be skipped"; fi; }
+
 demo: install jars data models
 	$(RAG) run --config configs/demo.yaml --out reports/demo
 
-test: install jars data models browser
+test: install jars data models browser postgres
 	$(PY) -m pytest -q
 
-test-fast: install jars
+test-fast: install jars postgres
 	$(PY) -m pytest -q -m "not slow and not cluster"
 
 lint: install

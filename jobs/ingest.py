@@ -2,9 +2,11 @@
 
 Local:    .venv/bin/python jobs/ingest.py --config configs/demo.yaml
 Cluster:  spark-submit --master spark://HOST:7077 \
-            --jars .jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar \
+            --jars .jars/delta-spark_4.2_2.13-4.4.0.jar,.jars/delta-storage-4.4.0.jar,.jars/postgresql-42.7.14.jar \
             --files configs/demo.yaml --py-files dist/rag_spark.zip \
             jobs/ingest.py --config demo.yaml --dataset s3a://bucket/dataset --lake s3a://bucket/lake
+Sources with credentials (`ingest.sources`: jdbc `user_env`/`password_env`, http `token_env`) read them from the
+driver's environment (e.g. `spark.yarn.appMasterEnv.KB_PASSWORD` / `spark.kubernetes.driverEnv.KB_PASSWORD`).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,8 +52,159 @@ class RayConfig(_Section):
     object_store_memory_mb: int | None = Field(1024, ge=64)
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_env_name(value: str | None, field: str) -> str | None:
+    if value is not None and not _ENV.match(value):
+        raise ValueError(f"{field} must name an environment variable (letters, digits, _), got {value!r}")
+    return value
+
+
+class FilesSource(_Section):
+    """Files from folders (read recursively), single files or Hadoop globs (`*`, `?`, `[ab]`, `{a,b}`).
+
+    Formats: txt, md, html, pdf (by content first, then extension), and record files: jsonl/json (one
+    document per line / per array element) and csv (one per row, with a header), mapped by the fields below.
+    """
+
+    kind: Literal["files"]
+    name: str | None = None
+    """Prefix of the doc ids (`<name>/<path or record id>`); None keeps ids as they are."""
+    paths: list[str] = Field(min_length=1)
+    id_field: str | None = None
+    """Record files: the field/column holding the document id (None: `ingest.id_field`)."""
+    title_field: str | None = None
+    text_field: str | None = None
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    csv_multiline: bool = True
+    """Quoted CSV values may span lines (a file is then parsed by one task, not split)."""
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"source name must match [A-Za-z0-9_.-]+, got {v!r}")
+        return v
+
+
+class JdbcSource(_Section):
+    """A database table or query read with Spark's JDBC source (the driver jar must be in `spark.jars_dir`).
+
+    Credentials come from the environment variables named here, never from the config file, and are not
+    logged or written to any table.
+    """
+
+    kind: Literal["jdbc"]
+    name: str
+    url: str
+    """`jdbc:postgresql://host:5432/db` (no credentials in the URL: use user_env/password_env)."""
+    table: str | None = None
+    query: str | None = None
+    """A SELECT; read as a subquery, so partitioned reads work for queries too."""
+    driver: str | None = None
+    """JDBC driver class; None picks it from the URL for PostgreSQL (org.postgresql.Driver)."""
+    user_env: str | None = None
+    password_env: str | None = None
+    id_column: str
+    text_column: str
+    title_column: str | None = None
+    partition_column: str | None = None
+    """Numeric/date column splitting the read into `num_partitions` range queries."""
+    lower_bound: int | None = None
+    upper_bound: int | None = None
+    num_partitions: int = Field(1, ge=1, le=1024)
+    fetch_size: int = Field(1000, ge=1)
+    options: dict[str, str] = {}
+    """Extra options of Spark's JDBC source (not user/password)."""
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"source name must match [A-Za-z0-9_.-]+, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> JdbcSource:
+        if not self.url.startswith("jdbc:"):
+            raise ValueError(f"url must start with 'jdbc:', got {self.url.split('?')[0]!r}")
+        if re.search(r"(?i)password=", self.url):
+            raise ValueError("url must not hold a password: name an environment variable in password_env")
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table or query")
+        _check_env_name(self.user_env, "user_env")
+        _check_env_name(self.password_env, "password_env")
+        bounds = (self.partition_column, self.lower_bound, self.upper_bound)
+        if any(b is not None for b in bounds) and any(b is None for b in bounds):
+            raise ValueError("partitioned reads need partition_column, lower_bound and upper_bound together")
+        if self.lower_bound is not None and self.upper_bound is not None and self.lower_bound >= self.upper_bound:
+            raise ValueError(f"lower_bound ({self.lower_bound}) must be below upper_bound ({self.upper_bound})")
+        if self.num_partitions > 1 and self.partition_column is None:
+            raise ValueError("num_partitions > 1 needs partition_column, lower_bound and upper_bound")
+        bad = {k for k in self.options if k.lower() in {"user", "password", "url", "dbtable", "query"}}
+        if bad:
+            raise ValueError(f"options may not set {sorted(bad)}: use the dedicated fields")
+        return self
+
+
+class HttpSource(_Section):
+    """A paginated JSON API read page by page on the driver (pagination is sequential by nature)."""
+
+    kind: Literal["http"]
+    name: str
+    url: str
+    records_field: str | None = None
+    """Dotted path of the records array in a page (`data.items`); None: the page itself is the array."""
+    id_field: str = "id"
+    """Dotted path in a record."""
+    title_field: str | None = None
+    text_field: str = "text"
+    pagination: Literal["none", "page", "offset", "cursor", "next_link"] = "none"
+    page_param: str = "page"
+    start_page: int = Field(1, ge=0)
+    offset_param: str = "offset"
+    limit_param: str | None = "limit"
+    """Query parameter of the page size (page and offset styles); None sends none."""
+    page_size: int = Field(100, ge=1)
+    cursor_param: str = "cursor"
+    cursor_field: str = "next_cursor"
+    """Dotted path of the next cursor in a page; a missing/empty cursor ends the pagination."""
+    next_field: str | None = "next"
+    """Dotted path of the next page's URL in a page; without it the `Link: rel=next` header is followed."""
+    params: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    token_env: str | None = None
+    """Environment variable holding a token sent as `<token_header>: <token_prefix><token>`."""
+    token_header: str = "Authorization"
+    token_prefix: str = "Bearer "
+    retries: int = Field(5, ge=0, le=20)
+    """Retries on connection errors, 429 and 5xx, with exponential backoff (Retry-After is honoured)."""
+    backoff_s: float = Field(0.5, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_pages: int = Field(10_000, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"source name must match [A-Za-z0-9_.-]+, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSource:
+        if not re.match(r"^https?://", self.url):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        _check_env_name(self.token_env, "token_env")
+        return self
+
+
+Source = Annotated[FilesSource | JdbcSource | HttpSource, Field(discriminator="kind")]
+
+
 class IngestConfig(_Section):
-    """Document collection into `bronze`."""
+    """Document collection into `bronze`: the dataset folder's documents plus any configured `sources`."""
 
     docs_subdir: str = "docs"
     corpus_file: str = "corpus.jsonl"
@@ -61,7 +213,31 @@ class IngestConfig(_Section):
     text_field: str = "text"
     max_bytes: int = Field(20_000_000, ge=1)
     """Files larger than this go to quarantine instead of being read into a row."""
-    extensions: list[str] = ["txt", "md", "html", "htm", "jsonl"]
+    extensions: list[str] = ["txt", "md", "html", "htm", "pdf", "jsonl", "json", "csv"]
+    """Files with another extension are quarantined unread; files without one are read and sniffed."""
+    include_dataset: bool = True
+    """Ingest the dataset folder's `docs/` and corpus file (when present)."""
+    sources: list[Source] = []
+    """More sources: `{kind: files|jdbc|http, ...}`."""
+    incremental: bool = True
+    """Re-read only files whose size or modification time changed since the last run (the `sources` table);
+    databases and APIs are re-read and merged by content hash."""
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _kind_given(cls, v: Any) -> Any:
+        for i, item in enumerate(v if isinstance(v, list) else []):
+            if isinstance(item, dict) and "kind" not in item:
+                raise ValueError(f"source {i} has no 'kind': give one of files, jdbc, http")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IngestConfig:
+        names = [s.name for s in self.sources if s.name is not None]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"ingest.sources: names must be unique, repeated: {dups}")
+        return self
 
 
 class NearDedupConfig(_Section):
@@ -384,8 +560,8 @@ class PipelineConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-# Where files are cached, not what they hold: excluded from config hashes.
-_NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}}
+# Where files are cached, not what they hold, and how much is re-read: excluded from config hashes.
+_NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}, "ingest": {"incremental"}}
 _NOT_HASHED_NESTED: dict[str, Any] = {k: dict.fromkeys(v, True) for k, v in _NOT_HASHED.items()}
 
 # Which sections each stage's output depends on (its own and every upstream one).

@@ -24,7 +24,8 @@ from rag_spark import schema as S
 from rag_spark.clean.dedup_exact import dedup_exact
 from rag_spark.clean.dedup_minhash import dedup_near, normalize_for_dedup
 from rag_spark.config import IngestConfig, NearDedupConfig
-from rag_spark.ingest.documents import dedup_ids, read_jsonl
+from rag_spark.ingest.documents import dedup_ids, quarantine_rows
+from rag_spark.ingest.files import FieldMap, read_jsonl, to_uri
 from rag_spark.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ def dedup_jsonl(
     meta = {"run_id": run_id, "stage": "dedup", "input": input_path, "near_dedup": cfg.model_dump()}
 
     ingest_cfg = IngestConfig(id_field=id_field, text_field=text_field)
-    docs, bad = read_jsonl(spark, [input_path], ingest_cfg, run_id)
+    fields = FieldMap(id_field=id_field, title_field=ingest_cfg.title_field, text_field=text_field)
+    docs, bad_rows = read_jsonl(spark, [to_uri(str(input_path))], fields)
+    bad = quarantine_rows(bad_rows, run_id)
     docs, bad_ids = dedup_ids(docs, run_id)
     quarantine = bad.unionByName(bad_ids).withColumn("stage", F.lit("dedup")).cache()
     docs = docs.select(

@@ -31,7 +31,7 @@ from rag_spark.clean.normalize import clean_documents, rule_counts
 from rag_spark.config import PipelineConfig
 from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import chunk_tokenizer, model_id
-from rag_spark.ingest.documents import collect_documents
+from rag_spark.ingest.documents import PreviousIngest, collect
 from rag_spark.ingest.qa import read_answers, read_qrels, read_queries
 from rag_spark.lake import Lake
 
@@ -136,18 +136,48 @@ class Pipeline:
         t0 = time.perf_counter()
         res = StageResult("ingest")
         meta = self._meta("ingest", {})
-        docs, bad = collect_documents(self.spark, self.cfg.dataset, self.cfg.ingest, self.run_id)
-        docs = docs.cache()
-        bad = bad.cache()
+        previous = None
+        if self.cfg.ingest.incremental and self.lake.exists(S.SOURCES) and self.lake.exists(S.BRONZE):
+            # Read at fixed versions: the MERGE below rewrites the very tables the carried rows come from.
+            previous = PreviousIngest(
+                bronze=self.lake.read(S.BRONZE, self.lake.version(S.BRONZE)),
+                quarantine=self.lake.read(S.QUARANTINE, self.lake.version(S.QUARANTINE)).where("stage = 'ingest'"),
+                sources=self.lake.read(S.SOURCES, self.lake.version(S.SOURCES)),
+            )
+        got = collect(
+            self.spark,
+            self.cfg.dataset,
+            self.cfg.ingest,
+            self.run_id,
+            previous=previous,
+            config_hash=self.cfg.stage_hash("ingest"),
+        )
+        docs = got.docs.cache()
+        bad = got.quarantine.cache()
+        n_docs, n_bad = docs.count(), bad.count()
         res.outputs["bronze"] = self.lake.merge(
             S.BRONZE,
             docs,
             meta=meta,
-            changed="t.content_hash <> s.content_hash OR t.source_uri <> s.source_uri OR t.format <> s.format",
+            changed=(
+                "t.content_hash <> s.content_hash OR t.source_uri <> s.source_uri OR t.format <> s.format"
+                " OR NOT (t.title <=> s.title)"
+            ),
             delete_missing=True,
         )
         res.outputs["quarantine"] = self.lake.merge(
-            S.QUARANTINE, bad, meta=meta, changed="t.reason <> s.reason", delete_missing="t.stage = 'ingest'"
+            S.QUARANTINE,
+            bad,
+            meta=meta,
+            changed="t.reason <> s.reason OR NOT (t.detail <=> s.detail)",
+            delete_missing="t.stage = 'ingest'",
+        )
+        res.outputs["sources"] = self.lake.merge(
+            S.SOURCES,
+            got.sources,
+            meta=meta,
+            changed="NOT (t.fingerprint <=> s.fingerprint) OR t.config_hash <> s.config_hash OR t.run_id <> s.run_id",
+            delete_missing=True,
         )
         for table, df in (
             (S.QUERIES, read_queries(self.spark, self.cfg.dataset)),
@@ -155,9 +185,8 @@ class Pipeline:
             (S.GOLD_ANSWERS, read_answers(self.spark, self.cfg.dataset)),
         ):
             res.outputs[table.name] = self.lake.merge(table, df, meta=meta, delete_missing=True)
-        n_docs, n_bad = docs.count(), bad.count()
         res.rows = n_docs
-        res.info = {"documents_in": n_docs + n_bad, "bronze": n_docs, "quarantined": n_bad}
+        res.info = {"documents_in": n_docs + n_bad, "bronze": n_docs, "quarantined": n_bad, **got.stats}
         docs.unpersist()
         bad.unpersist()
         return self._finish(res, t0)

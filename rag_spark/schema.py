@@ -47,6 +47,22 @@ BRONZE = Table(
     ("doc_id",),
 )
 
+# One row per ingested source (file, database table/query, API): what the next run compares to skip unchanged
+# files. fingerprint = "size:modification-ms" for files; None for databases and APIs (always read again).
+SOURCES = Table(
+    "sources",
+    _s(
+        ("source_uri", StringType(), False),
+        ("kind", StringType(), False),
+        ("fingerprint", StringType(), True),
+        ("size_bytes", LongType(), True),
+        ("modified", TimestampType(), True),
+        ("config_hash", StringType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("source_uri",),
+)
+
 QUARANTINE = Table(
     "quarantine",
     _s(
@@ -213,6 +229,7 @@ LINEAGE = Table(
 
 ALL_TABLES = [
     BRONZE,
+    SOURCES,
     QUARANTINE,
     SILVER,
     DUPLICATES,

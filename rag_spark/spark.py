@@ -16,14 +16,25 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _jars_folder(jars_dir: str) -> Path:
+    folder = Path(jars_dir)
+    return folder if folder.is_absolute() else PROJECT_ROOT / folder
+
+
 def delta_jars(jars_dir: str) -> list[str]:
     """Returns the Delta jars found in `jars_dir` (relative paths resolve from the project root)."""
-    folder = Path(jars_dir)
-    if not folder.is_absolute():
-        folder = PROJECT_ROOT / folder
+    folder = _jars_folder(jars_dir)
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.glob("delta-*.jar"))
+
+
+def extra_jars(jars_dir: str) -> list[str]:
+    """The other jars of `jars_dir`: JDBC drivers (PostgreSQL from `make jars`, or any one dropped there)."""
+    folder = _jars_folder(jars_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.glob("*.jar") if not p.name.startswith("delta-"))
 
 
 def build_spark(cfg: SparkConfig) -> SparkSession:
@@ -50,11 +61,12 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     if not _inside_spark_submit():
         builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
     jars = delta_jars(cfg.jars_dir)
-    if jars:
-        builder = builder.config("spark.jars", ",".join(jars))
-    else:
+    if not jars:
         log.info("no Delta jars in %s; resolving %s through spark.jars.packages", cfg.jars_dir, cfg.packages)
         builder = builder.config("spark.jars.packages", ",".join(cfg.packages))
+    jars += extra_jars(cfg.jars_dir)
+    if jars:
+        builder = builder.config("spark.jars", ",".join(jars))
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -133,6 +133,7 @@ def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def
     }
     again = Pipeline(p.cfg, spark=spark)
     res = again.run(["ingest", "clean", "chunk", "embed", "generate"])
+    assert res["ingest"].info["files_read"] == 0  # incremental: unchanged files are not read again
     assert res["embed"].info["embedded"] == 0
     assert res["generate"].info["to_answer"] == 0
     after = {
