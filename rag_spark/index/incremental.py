@@ -16,7 +16,7 @@ import numpy as np
 
 from rag_spark.config import IndexConfig
 from rag_spark.index.manifest import Manifest, ShardInfo, sha256_file
-from rag_spark.index.shards import read_shard_vectors
+from rag_spark.index.shards import add_staged, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,6 @@ def update_shard(old_file: str, old_sha256: str, added_dir: str, remove_ids: np.
         removed = index.remove_ids(np.ascontiguousarray(remove_ids, dtype=np.int64))  # type: ignore[arg-type]
         if removed != len(remove_ids):
             raise RuntimeError(f"{old_file}: asked to remove {len(remove_ids)} ids, {removed} were present")
-    ids, vecs = read_shard_vectors(added_dir)
-    if len(ids):
-        if vecs.shape[1] != index.d:
-            raise ValueError(f"{added_dir}: vectors have dim {vecs.shape[1]}, the index expects {index.d}")
-        index.add_with_ids(np.ascontiguousarray(vecs), ids)
-    faiss.write_index(index, out_file)
-    log.info("%s: %d -> %d vectors (-%d +%d)", Path(out_file).name, before, index.ntotal, len(remove_ids), len(ids))
-    return ShardInfo(file=Path(out_file).name, count=int(index.ntotal), sha256=sha256_file(Path(out_file)))
+    added = add_staged(index, added_dir)
+    log.info("%s: %d -> %d vectors (-%d +%d)", Path(out_file).name, before, index.ntotal, len(remove_ids), added)
+    return write_shard(index, out_file)

@@ -63,13 +63,23 @@ def read_shard_vectors(shard_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return vectors_from_arrow(pq.read_table(shard_dir, columns=["chunk_key", "vector"]))
 
 
-def build_shard(trained: bytes, shard_dir: str, out_file: str) -> ShardInfo:
-    """Adds one shard's vectors to a copy of the trained index and writes it. Runs as a Ray task."""
-    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+def add_staged(index: faiss.Index, shard_dir: str) -> int:
+    """Adds a staged shard folder's vectors with their chunk keys as ids; returns how many were added."""
     ids, vecs = read_shard_vectors(shard_dir)
     if len(ids):
         if vecs.shape[1] != index.d:
             raise ValueError(f"{shard_dir}: vectors have dim {vecs.shape[1]}, the index expects {index.d}")
         index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    return len(ids)
+
+
+def write_shard(index: faiss.Index, out_file: str) -> ShardInfo:
     faiss.write_index(index, out_file)
     return ShardInfo(file=Path(out_file).name, count=int(index.ntotal), sha256=sha256_file(Path(out_file)))
+
+
+def build_shard(trained: bytes, shard_dir: str, out_file: str) -> ShardInfo:
+    """Adds one shard's vectors to a copy of the trained index and writes it. Runs as a Ray task."""
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    add_staged(index, shard_dir)
+    return write_shard(index, out_file)
