@@ -122,11 +122,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--batches-per-call", type=int, default=EmbedConfig().batches_per_call)
     args = ap.parse_args()
     rows = load_texts(args.n)
     texts = [passage_text(t, x) for t, x in rows]
     ecfg = EmbedConfig(
-        backend="sentence-transformers", actors=args.actors, cpus_per_actor=(os.cpu_count() or 2) / args.actors / 2
+        backend="sentence-transformers",
+        batches_per_call=args.batches_per_call,
+        actors=args.actors,
+        cpus_per_actor=(os.cpu_count() or 2) / args.actors / 2,
     )
     cfg = PipelineConfig(embed=ecfg, ray=RayConfig(num_cpus=os.cpu_count()))
     startup, t_ray, peaks = ray_pool(rows, cfg)

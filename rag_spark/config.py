@@ -331,7 +331,7 @@ class EmbedConfig(_Section):
     """CPU threads per encoder (0: torch's default / the actor's CPUs for Ray actors)."""
     batch_size: int = Field(64, ge=1)
     """Texts per forward pass of the encoder."""
-    batches_per_call: int = Field(8, ge=1)
+    batches_per_call: int = Field(16, ge=1)
     """Encoder batches per actor call (a call is sorted by length, so larger calls waste less padding)."""
     actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
