@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vectors import dataset
 
 from rag_spark.config import IndexConfig
-from rag_spark.index.search import _set_params
+from rag_spark.index.search import set_search_params
 from rag_spark.index.shards import train_index
 
 K = 10
@@ -114,7 +114,7 @@ def run_size(n: int, n_queries: int, shards: int, rows: list[dict]) -> None:
         for params in sweep:
             cfg = IndexConfig(factory=factory, nprobe=params.get("nprobe", 16), ef_search=params.get("ef_search", 64))
             for part in parts:
-                _set_params(part, cfg)
+                set_search_params(part, cfg)
             q, found = qps(index, xq)
             row = {
                 "n": n,

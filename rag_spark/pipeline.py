@@ -331,7 +331,7 @@ class Pipeline:
         except FileNotFoundError:
             prev, prev_dir = None, None
         reason = rebuild_reason(prev, icfg, mid, dim)
-        added = removed = None
+        added = removed = old_keys = None
         if prev is not None and reason is None:
             try:
                 old = self.lake.read(S.EMBEDDINGS, prev.source_version).where(F.col("model_id") == mid)
@@ -344,6 +344,7 @@ class Pipeline:
                 removed = old_keys.join(emb.select("chunk_key", "text_hash"), ["chunk_key", "text_hash"], "left_anti")
                 n_add, n_rm = added.count(), removed.count()
                 if n_add == 0 and n_rm == 0:
+                    old_keys.unpersist()
                     log.info("index: build %s already holds embeddings v%s", prev.build_id, res.inputs["embeddings"])
                     res.rows, res.info = prev.ntotal, {"build_id": prev.build_id, "reused": True}
                     res.outputs[f"index:{prev.build_id}"] = prev.ntotal
@@ -359,8 +360,11 @@ class Pipeline:
         source.select("chunk_key", "vector", shard_col).repartition(n, "shard").write.partitionBy("shard").parquet(
             staged
         )
-        common = {"run_id": self.run_id, "source_version": res.inputs["embeddings"]}
-        common["config_hash"] = self.cfg.stage_hash("index")
+        common = {
+            "run_id": self.run_id,
+            "source_version": res.inputs["embeddings"],
+            "config_hash": self.cfg.stage_hash("index"),
+        }
         try:
             if reason is None and prev is not None and prev_dir is not None and removed is not None:
                 by_shard: dict[int, list[int]] = {}
@@ -382,6 +386,8 @@ class Pipeline:
                 manifest = build_index_with_ray(staged, emb, self.index_root, self.cfg, **common)  # type: ignore[arg-type]
         finally:
             self.lake.drop_staging(staged)
+            if old_keys is not None:
+                old_keys.unpersist()
         res.rows = manifest.ntotal
         res.info = {
             "build_id": manifest.build_id,

@@ -29,7 +29,7 @@ class SearchResult:
     seconds: float
 
 
-def _set_params(index: faiss.Index, cfg: IndexConfig) -> None:
+def set_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
     ps = faiss.ParameterSpace()
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -54,7 +54,7 @@ class ShardedIndex:
             if sha256_file(path) != shard.sha256:
                 raise IndexIntegrityError(f"{path}: checksum differs from manifest {self.manifest.build_id}")
             index = faiss.read_index(str(path))
-            _set_params(index, cfg)
+            set_search_params(index, cfg)
             self.shards.append(index)
         self.index = faiss.IndexShards(self.manifest.dim, True, False)  # type: ignore[call-arg]
         self._gpu_resources = None
