@@ -371,13 +371,70 @@ class IndexConfig(_Section):
     """Rebuild (and retrain IVF/PQ) instead when the change set exceeds this fraction of the indexed vectors."""
 
 
+class BM25Config(_Section):
+    """Lexical retrieval (bm25s + Snowball stemming), built from the `chunks` table beside the FAISS builds."""
+
+    language: str = "auto"
+    """Analyzer language as an ISO 639-1 code (fr, en, de, ...), `none` (no stemming/stopwords), or `auto`:
+    detected from the chunks (py3langid, majority of a sample)."""
+    stem: bool = True
+    stopwords: bool = True
+    strip_accents: bool = True
+    k1: float = Field(1.2, ge=0)
+    b: float = Field(0.75, ge=0, le=1)
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+
+
+class FusionConfig(_Section):
+    """How `hybrid` fuses the dense and the BM25 rankings of chunks."""
+
+    method: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: float = Field(60.0, ge=0)
+    dense_weight: float = Field(0.5, ge=0, le=1)
+    """Weight of the dense list; BM25 gets 1 - dense_weight (both methods)."""
+    depth: int = Field(100, ge=1, le=10_000)
+    """Chunks taken from each retriever before fusing."""
+
+
+class RerankConfig(_Section):
+    """Reranking the first `top_n` chunks of the retriever.
+
+    `auto` uses a cross-encoder when `model` names one (a sentence-transformers CrossEncoder folder), else the LLM
+    reranker: the generator (vLLM) reads the question and one chunk and is asked whether the chunk answers it; the
+    chunk's score is P(yes) from the next-token log-probabilities."""
+
+    method: Literal["none", "auto", "cross-encoder", "llm"] = "none"
+    model: str | None = None
+    """Cross-encoder folder (or name, when a model hub is reachable)."""
+    llm_model: str = PACKAGED_QWEN
+    """Generator for the LLM reranker (same forms as generate.model)."""
+    top_n: int = Field(20, ge=1, le=1000)
+    max_passage_tokens: int = Field(256, ge=16)
+    """Chunk text is cut to this many tokens of the reranker's tokenizer."""
+    batch_size: int = Field(32, ge=1)
+    prompt_language: Literal["en", "fr"] = "en"
+    """Language of the LLM reranker's instructions (the passages stay in theirs); the packaged Qwen separates
+    relevant from irrelevant passages more sharply with English instructions, also on French text."""
+    blend: float = Field(0.0, ge=0, le=1)
+    """Final score = (1 - blend) * reranker + blend * first-stage score (both min-max normalized per question)."""
+
+    @model_validator(mode="after")
+    def _model_for_cross_encoder(self) -> RerankConfig:
+        if self.method == "cross-encoder" and not self.model:
+            raise ValueError("rerank.method is cross-encoder but rerank.model is not set (a CrossEncoder folder)")
+        return self
+
+
 class RetrieveConfig(_Section):
     """Top-k retrieval for every question into `retrievals`."""
 
-    retriever: Literal["dense"] = "dense"
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     k: int = Field(10, ge=1, le=1000)
     """Documents kept per question (chunks are fetched with headroom and collapsed to documents)."""
     chunk_headroom: int = Field(3, ge=1)
+    bm25: BM25Config = BM25Config()
+    fusion: FusionConfig = FusionConfig()
+    rerank: RerankConfig = RerankConfig()
 
 
 class GenerateConfig(_Section):

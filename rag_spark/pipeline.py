@@ -87,6 +87,11 @@ class Pipeline:
     def index_root(self) -> Path:
         return Path(self.cfg.out) / "index" / model_id(self.cfg.embed.model)
 
+    @property
+    def bm25_root(self) -> Path:
+        """BM25 builds, one folder per (settings, chunks version), beside the FAISS builds."""
+        return Path(self.cfg.out) / "index" / "bm25"
+
     def _meta(self, stage: str, inputs: dict[str, int]) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -401,28 +406,24 @@ class Pipeline:
 
     def retrieve(self) -> StageResult:
         """queries -> retrievals: top-k documents per question, with the best chunk and the latency."""
-        from rag_spark.embed.encoders import build_encoder
-        from rag_spark.index.search import ShardedIndex
-        from rag_spark.retrieve.dense import collapse_to_documents, search_queries
+        from rich.progress import track
+
+        from rag_spark.retrieve.dense import collapse_to_documents
+        from rag_spark.retrieve.retrievers import search_queries
 
         t0 = time.perf_counter()
         res = StageResult("retrieve")
         queries = self._read(S.QUERIES, res.inputs).orderBy("query_id").collect()
         chunks = self._read(S.CHUNKS, res.inputs)
-        encoder = build_encoder(self.cfg.embed)
-        index = ShardedIndex(self.index_root, self.cfg.index)
-        res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
         k = self.cfg.retrieve.k
-        from rich.progress import track
-
-        hits = list(
-            search_queries(
-                track([(r.query_id, r.text) for r in queries], description="retrieve", transient=True),
-                encoder,
-                index,
-                k * self.cfg.retrieve.chunk_headroom,
+        with self._retriever(chunks, res) as retriever:
+            hits = list(
+                search_queries(
+                    track([(r.query_id, r.text) for r in queries], description="retrieve", transient=True),
+                    retriever,
+                    k * self.cfg.retrieve.chunk_headroom,
+                )
             )
-        )
         hits_df = self._hits_frame(hits)
         h = self.cfg.stage_hash("retrieve")
         docs = collapse_to_documents(hits_df, chunks, k).select(
@@ -432,7 +433,72 @@ class Pipeline:
             S.RETRIEVALS, docs, meta=self._meta("retrieve", res.inputs), delete_missing=f"t.config_hash = '{h}'"
         )
         res.rows = len(queries)
+        res.info = {"retriever": retriever.name}
         return self._finish(res, t0)
+
+    @contextmanager
+    def _retriever(self, chunks: DataFrame, res: StageResult) -> Iterator[Any]:
+        """The configured retriever (see rag_spark.retrieve.retrievers); records the index builds it reads as
+        stage inputs and closes a reranker's engine afterwards."""
+        from rag_spark.retrieve.retrievers import (
+            BM25Retriever,
+            ChunkTexts,
+            DenseRetriever,
+            HybridRetriever,
+            RerankedRetriever,
+            Retriever,
+        )
+
+        rcfg = self.cfg.retrieve
+        retriever: Retriever | None = None
+        dense: Retriever | None = None
+        lexical: Any = None
+        if rcfg.retriever in ("dense", "hybrid"):
+            from rag_spark.embed.encoders import build_encoder
+            from rag_spark.index.search import ShardedIndex
+
+            index = ShardedIndex(self.index_root, self.cfg.index)
+            res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
+            dense = DenseRetriever(build_encoder(self.cfg.embed), index)
+        if rcfg.retriever in ("bm25", "hybrid"):
+            from rag_spark.embed.encoders import passage_text
+            from rag_spark.retrieve.lexical import build_key, load_or_build
+
+            source = f"{self.lake.path(S.CHUNKS)}@v{res.inputs['chunks']}"
+            rows = (
+                (int(r.chunk_key), passage_text(r.title, r.text))
+                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+            )
+            bm25 = load_or_build(self.bm25_root, rcfg.bm25, source, rows, {"run_id": self.run_id})
+            res.inputs[f"bm25:{build_key(rcfg.bm25, source)}"] = bm25.ntotal
+            lexical = BM25Retriever(bm25)
+        if rcfg.retriever == "dense":
+            retriever = dense
+        elif rcfg.retriever == "bm25":
+            retriever = lexical
+        else:
+            f = rcfg.fusion
+            assert dense is not None and lexical is not None
+            retriever = HybridRetriever(dense, lexical, f.method, f.dense_weight, f.rrf_k, f.depth)
+        assert retriever is not None
+        reranker: Any = None
+        if rcfg.rerank.method != "none":
+            from rag_spark.embed.encoders import passage_text
+            from rag_spark.retrieve.rerank import build_reranker
+
+            reranker = build_reranker(rcfg.rerank, self.cfg.generate)
+            texts = {
+                int(r.chunk_key): passage_text(r.title, r.text)
+                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+            }
+            assert reranker is not None
+            retriever = RerankedRetriever(retriever, reranker, ChunkTexts(texts), rcfg.rerank.top_n, rcfg.rerank.blend)
+        try:
+            yield retriever
+        finally:
+            close = getattr(reranker, "close", None)
+            if close is not None:
+                close()
 
     def _hits_frame(self, hits: list[Any]) -> DataFrame:
         """Chunk hits (`retrieve.dense.ChunkHit`) as a small Spark DataFrame."""
@@ -514,11 +580,10 @@ class Pipeline:
         """
         import pyarrow.dataset as pads
 
-        from rag_spark.embed.encoders import build_encoder
-        from rag_spark.index.search import ShardedIndex
         from rag_spark.ingest.qa import read_question_file
         from rag_spark.raycluster import GenerationPool
-        from rag_spark.retrieve.dense import collapse_to_documents, search_queries
+        from rag_spark.retrieve.dense import collapse_to_documents
+        from rag_spark.retrieve.retrievers import search_queries
 
         t0 = time.perf_counter()
         res = StageResult("qa")
@@ -539,9 +604,8 @@ class Pipeline:
         todo = qdf.join(answered, "query_id", "left_anti").orderBy("query_id")
         if limit:
             todo = todo.limit(limit)
-        encoder = build_encoder(self.cfg.embed)
-        index = ShardedIndex(self.index_root, self.cfg.index)
-        res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
+        retriever_cm = self._retriever(chunks, res)
+        retriever = retriever_cm.__enter__()
         k = self.cfg.retrieve.k
         meta = self._meta("generate", res.inputs)
         staged = self.lake.write_staging(todo.coalesce(1), "qa-in")
@@ -550,9 +614,7 @@ class Pipeline:
         def prepare(batch: Any) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
             """One round's retrievals (pandas) and the generator's input columns."""
             qids, texts = batch.column("query_id").to_pylist(), batch.column("text").to_pylist()
-            hits = list(
-                search_queries(zip(qids, texts, strict=True), encoder, index, k * self.cfg.retrieve.chunk_headroom)
-            )
+            hits = list(search_queries(zip(qids, texts, strict=True), retriever, k * self.cfg.retrieve.chunk_headroom))
             docs: pd.DataFrame = collapse_to_documents(self._hits_frame(hits), chunks, k).toPandas()  # type: ignore[assignment]
             top = docs[docs["rank"] <= gcfg.context_chunks].sort_values(["query_id", "rank"])
             wanted = sorted(set(top["chunk_id"]))
@@ -603,6 +665,7 @@ class Pipeline:
                     commit(*pending)
         finally:
             self.lake.drop_staging(staged)
+            retriever_cm.__exit__(None, None, None)
         if "answers" not in res.outputs:
             res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
         res.rows = answered_rows

@@ -158,6 +158,28 @@ class LlamaCppGenerator:
             for r, ms in results
         ]
 
+    def next_token_logprobs(self, prompts: list[str], top: int = 20) -> list[dict[str, float]]:
+        """For each rendered prompt, the `top` most likely next tokens (text -> log-probability), from the
+        server's `n_probs` (used by the LLM reranker)."""
+        if not prompts:
+            return []
+        self.setup()
+        assert self._pool is not None
+
+        def one(ids: list[int]) -> dict[str, float]:
+            request = {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "n_probs": top, "stream": False}
+            r = self._server.handle_completions(request)
+            if "error" in r:
+                raise LlamaCppError(f"llama.cpp rejected a prompt of {len(ids)} tokens: {r['error']}")
+            # OpenAI-style: choices[0].logprobs.content[0].top_logprobs = [{token, logprob}, ...]
+            content = ((r.get("choices") or [{}])[0].get("logprobs") or {}).get("content") or [{}]
+            probs: dict[str, float] = {}
+            for item in content[0].get("top_logprobs", []):
+                probs[str(item["token"])] = max(probs.get(str(item["token"]), float("-inf")), float(item["logprob"]))
+            return probs
+
+        return list(self._pool.map(one, [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]))
+
     def close(self) -> None:
         """Frees the engine (its slots and the model)."""
         if self._pool is not None:

@@ -184,6 +184,29 @@ class VLLMGenerator:
             for o, ids, n in zip(outputs, token_ids, tokens_out, strict=True)
         ]
 
+    def next_token_logprobs(self, prompts: list[str], top: int = 20) -> list[dict[str, float]]:
+        """For each rendered prompt, the `top` most likely next tokens (decoded text -> log-probability).
+
+        One engine batch with `max_tokens=1`: the cost is the prefill of the prompts (used by the LLM reranker).
+        """
+        if not prompts:
+            return []
+        self.setup()
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=top, seed=self.cfg.seed)
+        token_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        outputs = self._llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=False)
+        result: list[dict[str, float]] = []
+        for o in outputs:
+            first = (o.outputs[0].logprobs or [{}])[0]
+            probs: dict[str, float] = {}
+            for tok_id, lp in first.items():
+                text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([tok_id])
+                probs[text] = max(probs.get(text, float("-inf")), float(lp.logprob))
+            result.append(probs)
+        return result
+
     def close(self) -> None:
         """Stops the engine and its worker processes."""
         if self._llm is None:

@@ -1,0 +1,204 @@
+"""Retrievers: BM25 analysis and ranking, fusion math, rerankers, and one result shape for all of them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rag_spark.config import BM25Config, GenerateConfig, IndexConfig, RerankConfig
+from rag_spark.retrieve.fusion import minmax, reciprocal_rank_fusion, weighted_score_fusion
+from rag_spark.retrieve.lexical import Analyzer, BM25Index, detect_language, load_or_build
+from rag_spark.retrieve.rerank import yes_probability
+from rag_spark.retrieve.retrievers import (
+    BM25Retriever,
+    ChunkTexts,
+    DenseRetriever,
+    HybridRetriever,
+    RerankedRetriever,
+    search_queries,
+)
+
+FR = [
+    "Debian est un système d'exploitation libre, composé de logiciels libres.",
+    "Pour installer un paquet, utilisez la commande apt install suivie du nom du paquet.",
+    "Le noyau Linux a été créé par Linus Torvalds en 1991.",
+    "Les installations de Debian se font depuis un CD, une clé USB ou le réseau.",
+    "La tour Eiffel est un monument de Paris construit pour l'Exposition universelle de 1889.",
+    "Le chat dort sur le canapé pendant que la pluie tombe.",
+]
+KEYS = [101, 102, 103, 104, 105, 106]
+
+
+def test_french_analyzer_strips_accents_stopwords_and_stems() -> None:
+    a = Analyzer("fr")
+    assert a.terms("Les installations de Debian") == a.terms("installation debian")
+    assert a.terms("Système") == a.terms("systeme")
+    assert "les" not in a.terms("Les paquets") and a.terms("Les paquets") == a.terms("paquet")
+    assert Analyzer("none").terms("Les Paquets") == ["les", "paquets"]
+    with pytest.raises(ValueError, match="retrieve.bm25.language='xx'"):
+        Analyzer("xx")
+
+
+def test_language_detection_on_a_corpus() -> None:
+    assert detect_language(FR) == "fr"
+    assert detect_language(["The quick brown fox jumps over the lazy dog near the river bank."] * 5) == "en"
+
+
+def test_bm25_ranks_the_exact_term_match_first() -> None:
+    index = BM25Index.build(KEYS, FR, BM25Config())
+    assert index.analyzer.language == "fr"
+    keys, scores = index.search("Qui a créé le noyau Linux ?", 3)
+    assert keys[0] == 103 and scores[0] > 0
+    assert list(scores) == sorted(scores, reverse=True)
+    keys, _ = index.search("Eiffel", 5)
+    assert list(keys) == [105]  # only documents containing a query term are matches
+    keys, _ = index.search("comment installer Debian", 2)
+    assert set(keys) <= {101, 102, 104} and keys[0] in (102, 104)
+    assert len(index.search("le la les", 5)[0]) == 0  # stopwords only: no match, no error
+    assert len(index.search("zzzz inconnu", 5)[0]) == 0
+
+
+def test_bm25_build_saved_with_checksums_and_reused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = BM25Config(language="fr")
+    built = load_or_build(tmp_path, cfg, "chunks@v1", iter(zip(KEYS, FR, strict=True)))
+    folder = next(p for p in tmp_path.iterdir() if not p.name.startswith("."))
+    meta = json.loads((folder / "bm25.json").read_text())
+    assert meta["source"] == "chunks@v1" and meta["analyzer"]["language"] == "fr" and "chunk_keys.npy" in meta["sha256"]
+    # Reused: the rows iterator is not consumed.
+    again = load_or_build(tmp_path, cfg, "chunks@v1", iter(()))
+    q = "paquet apt"
+    assert list(again.search(q, 3)[0]) == list(built.search(q, 3)[0])
+    # Another chunks version is another build.
+    other = load_or_build(tmp_path, cfg, "chunks@v2", iter(zip(KEYS[:2], FR[:2], strict=True)))
+    assert other.ntotal == 2
+    keys = np.load(folder / "chunk_keys.npy")
+    np.save(folder / "chunk_keys.npy", keys[::-1].copy())
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        BM25Index.load(folder)
+
+
+def test_reciprocal_rank_fusion_values() -> None:
+    keys, scores = reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)
+    expected = {1: 1 / 61 + 1 / 62, 2: 1 / 62, 3: 1 / 63 + 1 / 61}
+    assert list(keys) == [1, 3, 2]
+    assert np.allclose(scores, [expected[1], expected[3], expected[2]])
+    keys, scores = reciprocal_rank_fusion([[1, 2], [2, 1]], k=0, weights=[1.0, 0.0])
+    assert list(keys) == [1, 2] and np.allclose(scores, [1.0, 0.5])
+    keys, _ = reciprocal_rank_fusion([[5, 4], [4, 5]])  # a tie: the smaller key first
+    assert list(keys) == [4, 5]
+    with pytest.raises(ValueError):
+        reciprocal_rank_fusion([[1]], weights=[1.0, 2.0])
+
+
+def test_weighted_score_fusion_values() -> None:
+    assert np.allclose(minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert np.allclose(minmax(np.array([7.0, 7.0])), [1.0, 1.0])
+    keys, scores = weighted_score_fusion([([1, 2, 3], [0.9, 0.5, 0.1]), ([3, 4], [12.0, 2.0])], [0.5, 0.5])
+    # 1: .5*1 ; 2: .5*.5 ; 3: .5*0 + .5*1 ; 4: .5*0
+    assert list(keys) == [1, 3, 2, 4]
+    assert np.allclose(scores, [0.5, 0.5, 0.25, 0.0])
+
+
+def test_yes_probability() -> None:
+    lp = {" Oui": np.log(0.6), "non": np.log(0.2), "peut": np.log(0.1)}
+    assert yes_probability(lp, ("oui", "yes"), ("non", "no")) == pytest.approx(0.75)
+    assert yes_probability({"maybe": 0.0}, ("yes",), ("no",)) == 0.5
+
+
+class _Fixed:
+    """A plumbing reranker: scores passages by their length (a fake used only to test the reordering logic)."""
+
+    def scores(self, question: str, passages: list[str]) -> np.ndarray:
+        return np.array([len(p) for p in passages], dtype=np.float32)
+
+
+def test_every_retriever_returns_the_same_shape(encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark.index.manifest import Manifest, ShardInfo, publish, sha256_file
+    from rag_spark.index.search import ShardedIndex
+
+    import faiss
+
+    vecs = encoder.encode_passages(FR)
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))
+    flat.add_with_ids(vecs, np.array(KEYS, dtype=np.int64))
+    build = tmp_path / "builds" / "b1"
+    build.mkdir(parents=True)
+    faiss.write_index(flat, str(build / "shard-0.faiss"))
+    manifest = Manifest(
+        build_id="b1",
+        factory="Flat",
+        metric="ip",
+        dim=vecs.shape[1],
+        model_id=encoder.model_id,
+        normalized=True,
+        ntotal=len(KEYS),
+        shards=[ShardInfo("shard-0.faiss", len(KEYS), sha256_file(build / "shard-0.faiss"))],
+        source_table="embeddings",
+        source_version=0,
+        config_hash="x",
+        run_id="r",
+        created_at="now",
+        build_seconds=0.0,
+    )
+    publish(tmp_path, manifest)
+    dense = DenseRetriever(encoder, ShardedIndex(tmp_path, IndexConfig()))
+    bm25 = BM25Retriever(BM25Index.build(KEYS, FR, BM25Config()))
+    texts = ChunkTexts(dict(zip(KEYS, FR, strict=True)))
+    retrievers = [
+        dense,
+        bm25,
+        HybridRetriever(dense, bm25, "rrf", 0.5, 60.0, 10),
+        HybridRetriever(dense, bm25, "weighted", 0.3, 60.0, 10),
+        RerankedRetriever(HybridRetriever(dense, bm25, "rrf", 0.5, 60.0, 10), _Fixed(), texts, top_n=3),
+    ]
+    for r in retrievers:
+        keys, scores = r.search("Comment installer un paquet Debian ?", 4)
+        assert keys.dtype == np.int64 and scores.dtype == np.float32, r.name
+        assert 0 < len(keys) == len(scores) <= 4 and len(set(keys)) == len(keys), r.name
+        assert set(keys) <= set(KEYS) and list(scores) == sorted(scores, reverse=True), r.name
+        hits = list(search_queries([("q1", "Linus Torvalds Linux")], r, 3))
+        assert [h.chunk_rank for h in hits] == list(range(len(hits))) and len({h.latency_ms for h in hits}) == 1
+    # The reranked head is ordered by the reranker (longest passage first), the tail keeps hybrid order.
+    hybrid = retrievers[2]
+    first, _ = hybrid.search("Comment installer un paquet Debian ?", 5)
+    reranked, _ = retrievers[4].search("Comment installer un paquet Debian ?", 5)
+    head = sorted(first[:3], key=lambda k: -len(texts.texts[int(k)]))
+    assert list(reranked[:3]) == head and list(reranked[3:]) == list(first[3:5])
+
+
+def test_cross_encoder_reranker_follows_its_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A CrossEncoder built from the packaged MiniLM weights (its head is newly initialized, so only the plumbing is
+    checked: the reranker returns the model's own scores, one per passage)."""
+    from sentence_transformers import CrossEncoder
+
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.retrieve.rerank import CrossEncoderReranker
+
+    path = tmp_path / "ce"
+    CrossEncoder(resolve_encoder("packaged:all-MiniLM-L6-v2"), num_labels=1).save(str(path))
+    rr = CrossEncoderReranker(RerankConfig(method="cross-encoder", model=str(path)))
+    pairs = ["Paris est la capitale de la France.", "Le chat dort."]
+    got = rr.scores("Quelle est la capitale de la France ?", pairs)
+    want = rr.model.predict([("Quelle est la capitale de la France ?", p) for p in pairs])
+    assert got.shape == (2,) and np.allclose(got, np.asarray(want).reshape(-1))
+
+
+@pytest.mark.slow
+def test_llm_reranker_prefers_the_answering_passage() -> None:
+    """The packaged Qwen (llama.cpp) judges a passage that answers the question above one that does not."""
+    from rag_spark.retrieve.rerank import LLMReranker
+
+    rr = LLMReranker(
+        RerankConfig(method="llm"), GenerateConfig(backend="llamacpp", cpu_threads=2, parallel_slots=2), "en"
+    )
+    try:
+        s = rr.scores(
+            "Quelle est la capitale de la France ?",
+            ["Paris est la capitale de la France.", "Le chat dort sur le canapé pendant que la pluie tombe."],
+        )
+    finally:
+        rr.close()
+    assert s.shape == (2,) and np.all((s >= 0) & (s <= 1))
+    assert s[0] > s[1]
