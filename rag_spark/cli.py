@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--out", required=True, help="output folder: silver, duplicates, quarantine tables, clusters.tsv")
     dd.add_argument("--config", type=Path, help="YAML config; clean.near_dedup and spark are used")
     dd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    tr = sub.add_parser(
+        "train-retriever",
+        help="fine-tune a bi-encoder on the train split of the questions + LLM-written questions, hard negatives "
+        "mined from the current index (needs chunks and an index: run the earlier stages first)",
+    )
+    _common(tr)
+    tr.add_argument("--base-model", help="overrides train.base_model")
+    tr.add_argument("--synthetic", type=int, help="overrides train.synthetic_questions")
+    tr.add_argument("--epochs", type=int, help="overrides train.epochs")
     show = sub.add_parser("config", help="print the effective configuration (validated)")
     _common(show)
     return parser
@@ -125,6 +134,23 @@ def _qa(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         f"qa: {result.info['answered']} questions answered in {result.info['rounds']} round(s), "
         f"{result.seconds:.1f} s; answers table version {result.outputs['answers']}"
     )
+    return 0
+
+
+def _train(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    from rag_spark.config import load_config_dict
+    from rag_spark.pipeline import Pipeline
+    from rag_spark.retrieve.train import train_retriever
+
+    data = cfg.model_dump(mode="json")
+    for flag, key in (("base_model", "base_model"), ("synthetic", "synthetic_questions"), ("epochs", "epochs")):
+        if getattr(args, flag) is not None:
+            data["train"][key] = getattr(args, flag)
+    res = train_retriever(Pipeline(load_config_dict(data, source="command line")))
+    print(f"train-retriever: {'reused' if res.reused else 'trained'} {res.model_dir}")
+    print(f"  pairs   {res.pairs['qa']} from the train split, {res.pairs['synthetic']} synthetic")
+    print(f"  loss    {res.losses} (per epoch)   seconds {res.seconds}")
+    print(f"  use it  embed: {{backend: sentence-transformers, model: {res.model_dir}}}")
     return 0
 
 
@@ -189,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "qa":
             return _qa(cfg, args)
+        if args.command == "train-retriever":
+            return _train(cfg, args)
         pipeline = Pipeline(cfg)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",")] if args.stages else None

@@ -520,6 +520,45 @@ class QAConfig(_Section):
     """Answer at most this many new questions in this run (the rest on a later run)."""
 
 
+class SplitConfig(_Section):
+    """The fixed train / held-out split of the questions: a question is held out when a seeded hash of its id
+    falls under `eval_fraction`, so adding questions never moves the others. Training only ever reads the train
+    side; the retriever benchmark and fine-tuned evaluations score the held-out side."""
+
+    seed: int = 13
+    eval_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class TrainConfig(_Section):
+    """`rag-spark train-retriever`: fine-tune a sentence-transformers bi-encoder on (question, positive chunk,
+    hard negatives) triples with MultipleNegativesRankingLoss."""
+
+    base_model: str = PACKAGED_MINILM
+    name: str = "retriever"
+    """Model folder name prefix: models are saved as <output_dir>/<name>-<hash of data and settings>."""
+    output_dir: str = "models/retrievers"
+    use_qa: bool = True
+    """Pairs from the train split of the user's questions (gold document's best chunk as the positive)."""
+    synthetic_questions: int = Field(300, ge=0)
+    """Chunks sampled (seeded) for which the LLM writes a question; 0 = none."""
+    synthetic_model: str = PACKAGED_QWEN
+    synthetic_max_tokens: int = Field(48, ge=8)
+    exclude_heldout_docs: bool = True
+    """Never write synthetic questions on documents that are gold for held-out questions."""
+    hard_negatives: int = Field(1, ge=0, le=16)
+    """Per pair, mined from the published index of embed.model: top chunks not in a gold document."""
+    negatives_skip: int = Field(3, ge=0)
+    """Top ranks skipped when mining (they are often unlabeled positives)."""
+    negatives_depth: int = Field(30, ge=1)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(3e-5, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    max_seq_length: int = Field(256, ge=16)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class EvaluateConfig(_Section):
     """Metrics written to `metrics` / `eval_details` and metrics.json."""
 
@@ -561,6 +600,8 @@ class PipelineConfig(_Section):
     qa: QAConfig = QAConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
+    splits: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
 
     @property
     def lake_root(self) -> str:

@@ -227,6 +227,37 @@ LINEAGE = Table(
     ("run_id", "stage"),
 )
 
+# Questions the LLM wrote for sampled chunks (train-retriever): seeded, so a rerun reuses them.
+SYNTHETIC_QUESTIONS = Table(
+    "synthetic_questions",
+    _s(
+        ("chunk_id", StringType(), False),
+        ("doc_id", StringType(), False),
+        ("question", StringType(), False),
+        ("model_id", StringType(), False),
+        ("seed", IntegerType(), False),
+        ("prompt_hash", StringType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("chunk_id", "model_id", "seed"),
+)
+
+# The (question, positive chunk, hard negatives) triples a retriever model was fine-tuned on, per model name.
+TRAINING_PAIRS = Table(
+    "training_pairs",
+    _s(
+        ("model_name", StringType(), False),
+        ("pair_id", StringType(), False),
+        ("source", StringType(), False),
+        ("query_id", StringType(), True),
+        ("question", StringType(), False),
+        ("positive_chunk_id", StringType(), False),
+        ("negative_chunk_ids", ArrayType(StringType()), False),
+        ("run_id", StringType(), False),
+    ),
+    ("model_name", "pair_id"),
+)
+
 ALL_TABLES = [
     BRONZE,
     SOURCES,
@@ -243,4 +274,6 @@ ALL_TABLES = [
     METRICS,
     EVAL_DETAILS,
     LINEAGE,
+    SYNTHETIC_QUESTIONS,
+    TRAINING_PAIRS,
 ]

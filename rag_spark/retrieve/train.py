@@ -1,0 +1,361 @@
+"""`rag-spark train-retriever`: fine-tune a sentence-transformers bi-encoder for this corpus.
+
+Training data, all stored in the lake so it can be inspected:
+- pairs from the **train split** of the user's questions (rag_spark.retrieve.splits): the question, and as positive
+  the chunk of its gold document that the base model ranks first;
+- synthetic pairs: for a seeded sample of chunks the LLM writes a question the chunk answers
+  (`synthetic_questions`, reused on a rerun with the same model and seed). With `exclude_heldout_docs`, no chunk of a
+  document that is gold for a held-out question is sampled, so the held-out evaluation stays clean;
+- hard negatives for every pair, mined from the published index of `embed.model` (the current index): the best
+  ranked chunks outside the pair's gold documents, after skipping the first `negatives_skip` ranks.
+The triples are written to `training_pairs` under the model's name.
+
+The loss is sentence-transformers' MultipleNegativesRankingLoss (in-batch negatives + the hard negatives). The loop
+is a plain torch loop around that loss: sentence-transformers' own trainer needs the `datasets` package, whose
+current releases would replace the pinned pyarrow / huggingface_hub / fsspec of this environment.
+
+The model folder `<train.output_dir>/<train.name>-<hash>` holds a normal sentence-transformers model plus
+`rag_spark_training.json` (base model, split, question ids used, table versions, settings, loss per epoch); point
+`embed.model` at the folder (with `embed.backend: sentence-transformers`) to embed and index with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+
+from rag_spark import schema as S
+from rag_spark.config import EmbedConfig, TrainConfig
+from rag_spark.embed.encoders import passage_text
+from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
+
+if TYPE_CHECKING:
+    from rag_spark.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+METADATA = "rag_spark_training.json"
+
+# The instruction is written in the passage's language: the packaged Qwen answers in the language it is asked in,
+# and a retriever for French questions has to be trained on French questions.
+_SYNTH_PROMPTS = {
+    "fr": (
+        "Tu écris des questions de recherche. À partir d'un passage, écris UNE question courte, en français, à "
+        "laquelle le passage répond. Écris seulement la question.",
+        "Passage :\n{p}\n\nQuestion :",
+    ),
+    "en": (
+        "You write search questions. Given a passage, write ONE short question, in the language of the passage, "
+        "that the passage answers. Output only the question.",
+        "Passage:\n{p}\n\nQuestion:",
+    ),
+}
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    pairs: dict[str, int]
+    seconds: dict[str, float]
+    losses: list[float] = field(default_factory=list)
+    reused: bool = False
+
+
+def training_metadata(model_dir: str | Path) -> dict[str, Any] | None:
+    """The training record of a fine-tuned model folder, or None for any other model."""
+    path = Path(model_dir) / METADATA
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _clean_question(text: str) -> str | None:
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    for prefix in ("Question :", "Question:", "Question"):
+        line = line.removeprefix(prefix).strip()
+    line = line.strip(" \"'«»").strip()
+    return line if 8 <= len(line) <= 300 else None
+
+
+def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+    """Questions for `chunks` (chunk_id, doc_id, title, text) from the LLM; cached in `synthetic_questions`.
+
+    A cached question is reused when its chunk, model, seed and exact prompt (hash) match, so changing the
+    template or the chunk text writes a new one. Returns (chunk_id, doc_id, question) for the chunks that got a
+    usable question.
+    """
+    import py3langid
+
+    from rag_spark.generate.ray_qa import make_generator
+
+    gcfg = p.cfg.generate.model_copy(
+        update={"model": cfg.synthetic_model, "max_tokens": cfg.synthetic_max_tokens, "temperature": 0.0}
+    )
+    if gcfg.backend == "none":
+        gcfg = gcfg.model_copy(update={"backend": "auto"})
+    generator: Any = make_generator(gcfg)
+    model = generator.model_id
+    tok = generator.tokenizer
+    prompts = []
+    for r in chunks.itertuples():
+        text = passage_text(r.title, r.text)
+        system, user = _SYNTH_PROMPTS["fr" if py3langid.classify(text)[0] == "fr" else "en"]
+        ids = tok.encode(text, add_special_tokens=False)[:320]
+        prompts.append(
+            tok.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": user.format(p=tok.decode(ids))}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
+    todo = chunks.assign(prompt=prompts, prompt_hash=[hashlib.sha256(x.encode()).hexdigest()[:16] for x in prompts])
+    have = pd.DataFrame(columns=["chunk_id", "doc_id", "question", "prompt_hash"])
+    if p.lake.exists(S.SYNTHETIC_QUESTIONS):
+        have = (  # type: ignore[assignment]
+            p.lake.read(S.SYNTHETIC_QUESTIONS)
+            .where((F.col("model_id") == model) & (F.col("seed") == cfg.seed))
+            .select("chunk_id", "doc_id", "question", "prompt_hash")
+            .toPandas()
+        )
+        have = have.merge(todo[["chunk_id", "prompt_hash"]], on=["chunk_id", "prompt_hash"])
+    todo = todo[~todo["chunk_id"].isin(set(have["chunk_id"]))]
+    log.info("train: %d synthetic questions cached, %d to write with %s", len(have), len(todo), model)
+    if len(todo):
+        try:
+            outs = []
+            for start in range(0, len(todo), 64):
+                outs.extend(generator.generate(list(todo["prompt"].iloc[start : start + 64])))
+                log.info("train: %d / %d synthetic questions written", len(outs), len(todo))
+        finally:
+            close = getattr(generator, "close", None)
+            if close is not None:
+                close()
+        rows = [
+            (r.chunk_id, r.doc_id, q, model, cfg.seed, r.prompt_hash, p.run_id)
+            for r, o in zip(todo.itertuples(), outs, strict=True)
+            if (q := _clean_question(o.text)) is not None
+        ]
+        log.info("train: %d of %d generations are usable questions", len(rows), len(todo))
+        if rows:
+            p.lake.merge(
+                S.SYNTHETIC_QUESTIONS,
+                p.spark.createDataFrame(rows, S.SYNTHETIC_QUESTIONS.schema),
+                meta={"run_id": p.run_id, "stage": "train-retriever"},
+            )
+            new = pd.DataFrame([(r[0], r[1], r[2], r[5]) for r in rows], columns=list(have.columns))
+            have = pd.concat([have, new], ignore_index=True)
+    return have[["chunk_id", "doc_id", "question"]]
+
+
+def _mine_negatives(
+    p: Pipeline, questions: list[str], gold_docs: list[set[str]], doc_of: dict[int, str], cfg: TrainConfig
+) -> list[list[int]]:
+    """Chunk keys of hard negatives per question from the published index of `embed.model`."""
+    from rag_spark.embed.encoders import build_encoder
+    from rag_spark.index.search import ShardedIndex
+
+    if cfg.hard_negatives == 0:
+        return [[] for _ in questions]
+    encoder = build_encoder(p.cfg.embed)
+    index = ShardedIndex(p.index_root, p.cfg.index)
+    out: list[list[int]] = []
+    for start in range(0, len(questions), 64):
+        vecs = encoder.encode_queries(questions[start : start + 64])
+        res = index.search(vecs, cfg.negatives_depth)
+        for ids, gold in zip(res.ids, gold_docs[start : start + 64], strict=True):
+            cand = [int(k) for k in ids if k >= 0 and doc_of.get(int(k)) not in gold]
+            out.append(cand[cfg.negatives_skip :][: cfg.hard_negatives])
+    return out
+
+
+def train_retriever(p: Pipeline) -> TrainResult:
+    """Builds the training set, fine-tunes `train.base_model`, saves it (see the module docstring)."""
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.evaluate.run import effective_qrels
+
+    cfg, lake = p.cfg.train, p.lake
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    inputs: dict[str, int] = {}
+    queries: pd.DataFrame = p._read(S.QUERIES, inputs).toPandas()  # type: ignore[assignment]
+    qrels = effective_qrels(
+        p._read(S.QRELS, inputs).toPandas(), lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
+    )
+    qrels = qrels[qrels["score"] > 0]
+    chunks: pd.DataFrame = (
+        p._read(S.CHUNKS, inputs).select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()  # type: ignore[assignment]
+    )
+    split = split_ids(queries["query_id"], p.cfg.splits)
+    heldout_docs = set(qrels[qrels["query_id"].isin(split[HELDOUT])]["doc_id"])
+    gold_by_q = qrels.groupby("query_id")["doc_id"].apply(set).to_dict()
+    text_of = {r.chunk_key: passage_text(r.title, r.text) for r in chunks.itertuples()}
+    doc_of = dict(zip(chunks["chunk_key"].astype(int), chunks["doc_id"], strict=True))
+    id_of = dict(zip(chunks["chunk_key"].astype(int), chunks["chunk_id"], strict=True))
+
+    from sentence_transformers import SentenceTransformer
+
+    from rag_spark.embed.encoders import pick_device
+
+    device = pick_device(cfg.device)
+    base_path = resolve_encoder(cfg.base_model)
+    model = SentenceTransformer(base_path, device=device)
+    model.max_seq_length = cfg.max_seq_length
+
+    # (source, query_id, question, positive chunk key, gold docs)
+    pairs: list[tuple[str, str | None, str, int, set[str]]] = []
+    if cfg.use_qa:
+        train_q = queries[queries["query_id"].isin(split[TRAIN]) & queries["query_id"].isin(gold_by_q.keys())]
+        by_doc = chunks.groupby("doc_id")["chunk_key"].apply(list).to_dict()
+        for r in train_q.itertuples():
+            cand = [int(k) for d in sorted(gold_by_q[r.query_id]) for k in by_doc.get(d, [])]
+            if not cand:
+                continue
+            q = model.encode([r.text], normalize_embeddings=True, show_progress_bar=False)
+            c = model.encode([text_of[k] for k in cand], normalize_embeddings=True, show_progress_bar=False)
+            pairs.append(("qa", r.query_id, r.text, cand[int(np.argmax(c @ q[0]))], gold_by_q[r.query_id]))
+    n_qa = len(pairs)
+    if cfg.synthetic_questions:
+        t = time.perf_counter()
+        pool = chunks[~chunks["doc_id"].isin(heldout_docs)] if cfg.exclude_heldout_docs else chunks
+        pool = pool.sort_values("chunk_id")
+        rng = np.random.default_rng(cfg.seed)
+        sample = pool.iloc[rng.choice(len(pool), size=min(cfg.synthetic_questions, len(pool)), replace=False)]
+        synth = synthesize_questions(p, sample, cfg)
+        key_of = {cid: int(k) for k, cid in id_of.items()}
+        for r in synth.sort_values("chunk_id").itertuples():
+            pairs.append(("synthetic", None, r.question, key_of[r.chunk_id], {r.doc_id}))
+        seconds["synthesize"] = round(time.perf_counter() - t, 1)
+    if len(pairs) < 2:
+        raise ValueError(
+            f"train-retriever: only {len(pairs)} training pairs (train split has "
+            f"{len(split[TRAIN])} questions; synthetic_questions={cfg.synthetic_questions}); need at least 2"
+        )
+    t = time.perf_counter()
+    negatives = _mine_negatives(p, [x[2] for x in pairs], [x[4] for x in pairs], doc_of, cfg)
+    seconds["mine_negatives"] = round(time.perf_counter() - t, 1)
+    # Every pair needs the same number of negatives for the loss's columns: top up with seeded random chunks.
+    rnd = random.Random(cfg.seed)
+    all_keys = sorted(text_of)
+    for (_, _, _, pos, gold), neg in zip(pairs, negatives, strict=True):
+        while len(neg) < cfg.hard_negatives:
+            k = int(all_keys[rnd.randrange(len(all_keys))])
+            if doc_of[k] not in gold and k != pos and k not in neg:
+                neg.append(k)
+
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "cfg": cfg.model_dump(mode="json"),
+                "splits": p.cfg.splits.model_dump(mode="json"),
+                "pairs": [(x[2], id_of[x[3]], [id_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
+    name = f"{cfg.name}-{digest}"
+    model_dir = Path(cfg.output_dir).expanduser().resolve() / name
+    counts = {"qa": n_qa, "synthetic": len(pairs) - n_qa, "total": len(pairs)}
+    rows = [
+        (name, f"{src}:{i:06d}", src, qid, q, id_of[pos], [id_of[n] for n in negs], p.run_id)
+        for i, ((src, qid, q, pos, _), negs) in enumerate(zip(pairs, negatives, strict=True))
+    ]
+    p.lake.merge(
+        S.TRAINING_PAIRS,
+        p.spark.createDataFrame(rows, S.TRAINING_PAIRS.schema),
+        meta={"run_id": p.run_id, "stage": "train-retriever", "inputs": inputs},
+        delete_missing=f"t.model_name = '{name}'",
+    )
+    inputs["training_pairs"] = lake.version(S.TRAINING_PAIRS) or 0
+    if training_metadata(model_dir) is not None:
+        log.info("train: %s already trained on exactly these pairs; reusing it", model_dir)
+        return TrainResult(model_dir, counts, seconds, training_metadata(model_dir)["losses"], reused=True)  # type: ignore[index]
+
+    t = time.perf_counter()
+    triples = [(x[2], text_of[x[3]], [text_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)]
+    losses = _fit(model, triples, cfg)
+    seconds["train"] = round(time.perf_counter() - t, 1)
+    tmp = model_dir.with_name(f".{name}.tmp")
+    model.save(str(tmp))
+    meta = {
+        "name": name,
+        "base_model": cfg.base_model,
+        "splits": p.cfg.splits.model_dump(mode="json"),
+        "train_query_ids": sorted({x[1] for x in pairs if x[1] is not None}),
+        "heldout_query_ids": split[HELDOUT],
+        "pairs": counts,
+        "inputs": inputs,
+        "settings": cfg.model_dump(mode="json"),
+        "device": device,
+        "losses": losses,
+        "seconds": seconds,
+        "run_id": p.run_id,
+    }
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    import shutil
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    log.info("train: saved %s (%s pairs, loss %s) in %.0f s", model_dir, counts, losses, seconds["total"])
+    return TrainResult(model_dir, counts, seconds, losses)
+
+
+def _fit(model: Any, rows: list[tuple[str, str, list[str]]], cfg: TrainConfig) -> list[float]:
+    """MultipleNegativesRankingLoss over (anchor, positive, negatives...) rows; returns the mean loss per epoch."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.manual_seed(cfg.seed)
+    loss_fn = MultipleNegativesRankingLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(total * cfg.warmup_fraction)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+    rnd = random.Random(cfg.seed)
+    model.train()
+    losses: list[float] = []
+    for epoch in range(cfg.epochs):
+        order = list(range(len(rows)))
+        rnd.shuffle(order)
+        seen: list[float] = []
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [rows[i] for i in order[start : start + cfg.batch_size]]
+            if len(batch) < 2:  # in-batch negatives need company
+                continue
+            columns = [[b[0] for b in batch], [b[1] for b in batch]]
+            columns += [[b[2][j] for b in batch] for j in range(len(batch[0][2]))]
+            features = []
+            for col in columns:
+                f = model.tokenize(col)
+                features.append({k: v.to(model.device) if hasattr(v, "to") else v for k, v in f.items()})
+            loss = loss_fn(features, torch.empty(0))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            seen.append(float(loss.detach()))
+        losses.append(round(float(np.mean(seen)), 4) if seen else float("nan"))
+        log.info("train: epoch %d/%d, mean loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+    model.eval()
+    return losses
+
+
+def fine_tuned_embed_config(base: EmbedConfig, model_dir: str | Path) -> EmbedConfig:
+    """embed settings that use a fine-tuned folder (sentence-transformers backend, no prefixes)."""
+    return base.model_copy(
+        update={"backend": "sentence-transformers", "model": str(model_dir), "query_prefix": "", "passage_prefix": ""}
+    )
