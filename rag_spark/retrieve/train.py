@@ -120,39 +120,41 @@ def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) ->
     todo = chunks.assign(prompt=prompts, prompt_hash=[hashlib.sha256(x.encode()).hexdigest()[:16] for x in prompts])
     have = pd.DataFrame(columns=["chunk_id", "doc_id", "question", "prompt_hash"])
     if p.lake.exists(S.SYNTHETIC_QUESTIONS):
-        have = (  # type: ignore[assignment]
+        cached: pd.DataFrame = (
             p.lake.read(S.SYNTHETIC_QUESTIONS)
             .where((F.col("model_id") == model) & (F.col("seed") == cfg.seed))
             .select("chunk_id", "doc_id", "question", "prompt_hash")
-            .toPandas()
+            .toPandas()  # type: ignore[assignment]
         )
-        have = have.merge(todo[["chunk_id", "prompt_hash"]], on=["chunk_id", "prompt_hash"])
+        have = cached.merge(todo[["chunk_id", "prompt_hash"]], on=["chunk_id", "prompt_hash"])
     todo = todo[~todo["chunk_id"].isin(set(have["chunk_id"]))]
     log.info("train: %d synthetic questions cached, %d to write with %s", len(have), len(todo), model)
     if len(todo):
+        written = 0
         try:
-            outs = []
+            # One merge per batch: a killed run keeps the questions already written, and the rerun skips them.
             for start in range(0, len(todo), 64):
-                outs.extend(generator.generate(list(todo["prompt"].iloc[start : start + 64])))
-                log.info("train: %d / %d synthetic questions written", len(outs), len(todo))
+                part = todo.iloc[start : start + 64]
+                outs = generator.generate(list(part["prompt"]))
+                rows = [
+                    (r.chunk_id, r.doc_id, q, model, cfg.seed, r.prompt_hash, p.run_id)
+                    for r, o in zip(part.itertuples(), outs, strict=True)
+                    if (q := _clean_question(o.text)) is not None
+                ]
+                if rows:
+                    p.lake.merge(
+                        S.SYNTHETIC_QUESTIONS,
+                        p.spark.createDataFrame(rows, S.SYNTHETIC_QUESTIONS.schema),
+                        meta={"run_id": p.run_id, "stage": "train-retriever"},
+                    )
+                    new = pd.DataFrame([(r[0], r[1], r[2], r[5]) for r in rows], columns=list(have.columns))
+                    have = pd.concat([have, new], ignore_index=True)
+                written += len(part)
+                log.info("train: %d / %d synthetic questions written (%d usable)", written, len(todo), len(rows))
         finally:
             close = getattr(generator, "close", None)
             if close is not None:
                 close()
-        rows = [
-            (r.chunk_id, r.doc_id, q, model, cfg.seed, r.prompt_hash, p.run_id)
-            for r, o in zip(todo.itertuples(), outs, strict=True)
-            if (q := _clean_question(o.text)) is not None
-        ]
-        log.info("train: %d of %d generations are usable questions", len(rows), len(todo))
-        if rows:
-            p.lake.merge(
-                S.SYNTHETIC_QUESTIONS,
-                p.spark.createDataFrame(rows, S.SYNTHETIC_QUESTIONS.schema),
-                meta={"run_id": p.run_id, "stage": "train-retriever"},
-            )
-            new = pd.DataFrame([(r[0], r[1], r[2], r[5]) for r in rows], columns=list(have.columns))
-            have = pd.concat([have, new], ignore_index=True)
     return have[["chunk_id", "doc_id", "question"]]
 
 
