@@ -350,6 +350,8 @@ def _fit(model: Any, rows: list[tuple[str, str, list[str]]], cfg: TrainConfig) -
             opt.step()
             sched.step()
             seen.append(float(loss.detach()))
+            if len(seen) % 5 == 0:
+                log.info("train: epoch %d, step %d/%d, loss %.4f", epoch + 1, len(seen), steps_per_epoch, seen[-1])
         losses.append(round(float(np.mean(seen)), 4) if seen else float("nan"))
         log.info("train: epoch %d/%d, mean loss %.4f", epoch + 1, cfg.epochs, losses[-1])
     model.eval()
