@@ -410,7 +410,7 @@ class Pipeline:
         queries = self._read(S.QUERIES, res.inputs).orderBy("query_id").collect()
         chunks = self._read(S.CHUNKS, res.inputs)
         encoder = build_encoder(self.cfg.embed)
-        index = ShardedIndex(self.index_root, self.cfg.index)
+        index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
         res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
         k = self.cfg.retrieve.k
         from rich.progress import track
@@ -540,7 +540,7 @@ class Pipeline:
         if limit:
             todo = todo.limit(limit)
         encoder = build_encoder(self.cfg.embed)
-        index = ShardedIndex(self.index_root, self.cfg.index)
+        index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
         res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
         k = self.cfg.retrieve.k
         meta = self._meta("generate", res.inputs)

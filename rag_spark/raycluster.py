@@ -239,6 +239,7 @@ def _publish_build(
     extra: dict[str, Any],
 ) -> Any:
     """Checks the shards hold exactly the embeddings' vectors, then writes the manifest and switches CURRENT."""
+    from rag_spark.embed.models import encoder_sha256
     from rag_spark.index.manifest import Manifest, publish
 
     manifest = Manifest(
@@ -257,6 +258,7 @@ def _publish_build(
         created_at=datetime.now(UTC).isoformat(),
         build_seconds=round(seconds, 3),
         extra=extra,
+        model_sha256=encoder_sha256(cfg.embed),
     )
     expected = embeddings.count()
     if manifest.ntotal != expected:
