@@ -22,6 +22,9 @@ from rag_spark.embed.models import model_id
 
 log = logging.getLogger(__name__)
 
+ACTOR_TASK_RETRIES = 3
+"""Times a batch is retried after the actor running it died (each time on a restarted actor)."""
+
 
 def init_ray(cfg: RayConfig) -> None:
     """Connects to `cfg.address`, or starts a local Ray with an explicit CPU count (idempotent)."""
@@ -81,6 +84,12 @@ def map_with_actor_pool(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
+        # A dead actor (OOM-killed, node lost, SIGKILL) is restarted and its batch retried on the new one: every
+        # row comes out exactly once (tests/test_faults.py). Ray Data's defaults are the same restarts but
+        # unlimited retries; a bounded count makes a batch that kills every actor it meets fail the job instead
+        # of looping forever.
+        max_restarts=-1,
+        max_task_retries=ACTOR_TASK_RETRIES,
     )
     ds.write_parquet(staged_out)
 
