@@ -349,7 +349,7 @@ def test_sigkilled_batch_qa_rerun_answers_only_the_missing_questions(spark, ray_
 
     data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     data |= {"dataset": str(ROOT / "tests" / "data" / "tiny"), "out": str(tmp_path / "out")}
-    data["generate"] |= {"backend": "llamacpp", "max_tokens": 8, "parallel_slots": 1, "cpu_threads": 1}
+    data["generate"] |= {"backend": "llamacpp", "max_tokens": 8, "parallel_slots": 1, "cpu_threads": 1, "actors": 1}
     data["qa"] = {"batch_size": 2}
     data["ray"] = {"num_cpus": 2, "object_store_memory_mb": 512}
     cfg_file = tmp_path / "cfg.yaml"
