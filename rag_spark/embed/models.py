@@ -114,8 +114,14 @@ def _tree_sha256(path: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
 def encoder_sha256(cfg: EmbedConfig) -> str:
     """sha256 over the encoder's files (a model file, or every file of a model folder with its relative path),
     recorded in the index manifest so a search refuses query vectors from another or altered model.
-    Cached per (path, sizes, mtimes), so an unchanged model is hashed once per process."""
-    root = encoder_files(cfg)
+    Cached per (path, sizes, mtimes), so an unchanged model is hashed once per process. A hub model name (no
+    local files of ours to hash) gives "" and is then checked by model id only."""
+    try:
+        root = encoder_files(cfg)
+    except ModelNotFoundError:
+        if cfg.backend == "sentence-transformers" and not cfg.model.startswith("packaged:"):
+            return ""
+        raise
     if root.is_file():
         st = root.stat()
         return _tree_sha256(str(root), (("", st.st_size, st.st_mtime_ns),))
