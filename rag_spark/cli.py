@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rag-spark: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # FileNotFoundError, a full disk (ENOSPC), a bad value
         print(f"rag-spark: error: {err}", file=sys.stderr)
         return 1
 

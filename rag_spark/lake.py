@@ -8,6 +8,7 @@ with the versions it read and wrote.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -80,7 +81,7 @@ class Lake:
                 delete to that slice (e.g. one config hash), so a rerun leaves exactly the new snapshot.
         """
         df = df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in table.schema.fields])
-        with self._commit_metadata(meta):
+        with self._commit_metadata(meta), self._disk_full_is_clear(table):
             if not self.exists(table):
                 # Creating the table is one commit; an empty frame still creates it with its schema.
                 df.write.format("delta").mode("errorifexists").save(self.path(table))
@@ -102,6 +103,21 @@ class Lake:
         assert version is not None
         log.info("%s -> version %d", table.name, version)
         return version
+
+    @contextmanager
+    def _disk_full_is_clear(self, table: Table) -> Iterator[None]:
+        """A write that fails for lack of space surfaces as one OSError naming the table and its path (instead
+        of a JVM stack trace many screens long). Nothing was committed: the table is at its previous version."""
+        try:
+            yield
+        except Exception as err:
+            if "No space left on device" not in str(err):
+                raise
+            raise OSError(
+                errno.ENOSPC,
+                f"writing table '{table.name}' at {self.path(table)}: No space left on device "
+                "(nothing committed; the table stays at its previous version)",
+            ) from None
 
     @contextmanager
     def _commit_metadata(self, meta: dict[str, Any]) -> Iterator[None]:

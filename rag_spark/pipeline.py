@@ -457,7 +457,7 @@ class Pipeline:
             from rag_spark.embed.encoders import build_encoder
             from rag_spark.index.search import ShardedIndex
 
-            index = ShardedIndex(self.index_root, self.cfg.index)
+            index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
             res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
             dense = DenseRetriever(build_encoder(self.cfg.embed), index)
         if rcfg.retriever in ("bm25", "hybrid"):

@@ -22,6 +22,9 @@ from rag_spark.embed.models import model_id
 
 log = logging.getLogger(__name__)
 
+ACTOR_TASK_RETRIES = 3
+"""Batch QA: times a generation actor is restarted, and a call retried on it, after the actor process died."""
+
 
 def init_ray(cfg: RayConfig) -> None:
     """Connects to `cfg.address`, or starts a local Ray with an explicit CPU count (idempotent)."""
@@ -81,6 +84,9 @@ def map_with_actor_pool(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
+        # No max_restarts / max_task_retries here: Ray Data's actor pool already restarts a dead actor (OOM-killed,
+        # node lost, SIGKILL) and retries its batch on the new one (max_restarts=-1, max_task_retries=-1), so every
+        # row comes out exactly once (tests/test_faults.py); passing them through ray_remote_args is deprecated.
     )
     ds.write_parquet(staged_out)
 
@@ -239,6 +245,7 @@ def _publish_build(
     extra: dict[str, Any],
 ) -> Any:
     """Checks the shards hold exactly the embeddings' vectors, then writes the manifest and switches CURRENT."""
+    from rag_spark.embed.models import encoder_sha256
     from rag_spark.index.manifest import Manifest, publish
 
     manifest = Manifest(
@@ -257,6 +264,7 @@ def _publish_build(
         created_at=datetime.now(UTC).isoformat(),
         build_seconds=round(seconds, 3),
         extra=extra,
+        model_sha256=encoder_sha256(cfg.embed),
     )
     expected = embeddings.count()
     if manifest.ntotal != expected:
@@ -308,7 +316,14 @@ class GenerationPool:
         init_ray(cfg.ray)
         g = cfg.generate
         self._batch = g.batch_size
-        actor_cls = ray.remote(AnswerBatch).options(num_cpus=g.cpus_per_actor, num_gpus=g.gpus_per_actor or 0)
+        # A killed engine (OOM killer, lost node) is restarted and its pending calls retried: answers are merged
+        # on (config_hash, query_id), so a retried piece cannot duplicate a row.
+        actor_cls = ray.remote(AnswerBatch).options(
+            num_cpus=g.cpus_per_actor,
+            num_gpus=g.gpus_per_actor or 0,
+            max_restarts=ACTOR_TASK_RETRIES,
+            max_task_retries=ACTOR_TASK_RETRIES,
+        )
         self._actors: list[Any] = [actor_cls.remote(g) for _ in range(g.actors)]
         self._next = 0
 

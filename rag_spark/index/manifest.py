@@ -41,6 +41,9 @@ class Manifest:
     created_at: str
     build_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    model_sha256: str = ""
+    """sha256 of the encoder's files (`rag_spark.embed.models.encoder_sha256`); "" in builds made before it was
+    recorded (then not checked)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -4,6 +4,8 @@ inside a vectorized Spark UDF."""
 
 from __future__ import annotations
 
+import codecs
+import re
 from dataclasses import dataclass
 
 from charset_normalizer import from_bytes
@@ -119,6 +121,46 @@ def pdf_to_text(content: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 DEFAULT_PREFERRED = ("cp1252", "latin_1", "iso8859_15")
+# Byte order marks of the encodings whose text holds NUL bytes (checked before the NUL-byte rule); UTF-32 first,
+# since its little-endian BOM starts with UTF-16's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _cp1252_fallback(err: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: bytes that are not UTF-8 are read as Windows-1252 (Latin-1 for its 5 holes)."""
+    assert isinstance(err, UnicodeDecodeError)
+    out = []
+    for b in err.object[err.start : err.end]:
+        try:
+            out.append(bytes([b]).decode("cp1252"))
+        except UnicodeDecodeError:
+            out.append(chr(b))
+    return "".join(out), err.end
+
+
+codecs.register_error("rag_spark_cp1252", _cp1252_fallback)
+
+
+def _bom_encoding(content: bytes) -> str | None:
+    for bom, enc in _BOMS:
+        if content.startswith(bom):
+            return enc
+    return None
+
+
+def _mixed_utf8(content: bytes) -> str | None:
+    """Text that is mostly UTF-8 with pieces in a legacy encoding pasted in (a common result of concatenating
+    files): UTF-8 where the bytes are UTF-8, Windows-1252 elsewhere. None when no valid multibyte UTF-8
+    sequence is present, so plain legacy-encoded text goes to the encoding detector instead."""
+    if _UTF8_MULTIBYTE.search(content) is None:
+        return None
+    return content.decode("utf-8", errors="rag_spark_cp1252")
 
 
 def _best_encoding(content: bytes, preferred: tuple[str, ...]) -> tuple[str, str] | None:
@@ -151,16 +193,29 @@ def decode_bytes(path: str, content: bytes | None, preferred: tuple[str, ...] = 
         return Decoded(text, "pdf", None, error, title)
     if fmt.startswith("binary:"):
         return Decoded(None, fmt, None, f"unsupported format: {fmt[7:]} content")
+    bom = _bom_encoding(content)
+    if bom is not None:
+        try:
+            text = content.decode(bom)
+        except UnicodeDecodeError as err:
+            return Decoded(None, fmt, bom, f"undecodable: {bom} byte order mark but invalid {bom} ({err.reason})")
+        if not text.strip():
+            return Decoded(None, fmt, bom, "empty file (whitespace only)")
+        return Decoded(text, fmt, bom, None)
     if b"\x00" in content[:8192]:
         return Decoded(None, fmt, None, "binary content (NUL bytes)")
     try:
         text = content.decode("utf-8-sig")
         encoding = "utf-8"
     except UnicodeDecodeError:
-        guess = _best_encoding(content, preferred)
-        if guess is None:
-            return Decoded(None, fmt, None, "undecodable: no text encoding fits the bytes")
-        text, encoding = guess
+        mixed = _mixed_utf8(content)
+        if mixed is not None:
+            text, encoding = mixed, "utf-8+cp1252"
+        else:
+            guess = _best_encoding(content, preferred)
+            if guess is None:
+                return Decoded(None, fmt, None, "undecodable: no text encoding fits the bytes")
+            text, encoding = guess
     if not text.strip():
         return Decoded(None, fmt, encoding, "empty file (whitespace only)")
     return Decoded(text, fmt, encoding, None)

@@ -74,6 +74,8 @@ class FileEntry:
     length: int
     modified_ms: int
     doc_id: str
+    problem: tuple[str, str] | None = None
+    """(reason, detail) when the file must not be read (a symlink loop, a link out of the input root)."""
 
     @property
     def fingerprint(self) -> str:
@@ -121,7 +123,9 @@ def list_files(spark: SparkSession, pattern: str, prefix: str | None = None) -> 
     out: list[FileEntry] = []
     for status in matched:
         top = status.getPath()
-        if status.isDirectory():
+        if status.isDirectory() and top.toUri().getScheme() == "file":
+            out.extend(_walk_local(top.toString(), top.toUri().getPath(), prefix))
+        elif status.isDirectory():
             root = top.toString().rstrip("/") + "/"
             it = fs.listFiles(top, True)
             while it.hasNext():
@@ -140,6 +144,51 @@ def list_files(spark: SparkSession, pattern: str, prefix: str | None = None) -> 
                     _prefixed(prefix, top.getName()),
                 )
             )
+    return out
+
+
+def _walk_local(uri: str, folder: str, prefix: str | None) -> list[FileEntry]:
+    """Every file under a local folder, with symbolic links checked instead of followed blindly.
+
+    Hadoop's recursive listing follows links, so a link to a parent folder never ends and a link to /etc reads
+    files outside the input. Here a link is resolved first: a file or folder link that resolves outside the
+    folder, or does not resolve at all (a loop, a dangling link), becomes an entry with a `problem` (quarantined,
+    never opened); a link to a file inside the folder is read like the file; a link to a folder inside it is not
+    followed (its files are listed under their real path already) and is quarantined so it is accounted for.
+    """
+    base = os.path.realpath(folder)
+    root = uri.rstrip("/") + "/"
+    out: list[FileEntry] = []
+
+    def entry(rel: str, st: os.stat_result | None, problem: tuple[str, str] | None) -> FileEntry:
+        size, mtime = (st.st_size, st.st_mtime_ns // 1_000_000) if st is not None else (0, 0)
+        return FileEntry(root + rel, int(size), int(mtime), _prefixed(prefix, rel), problem)
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, folder)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in [*sorted(f for f in filenames if not f.startswith(".")), *dirnames]:
+            full = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if not os.path.islink(full):
+                if name not in dirnames:
+                    out.append(entry(rel, os.stat(full), None))
+                continue
+            target = os.readlink(full)
+            try:
+                real = os.path.realpath(full, strict=True)
+            except (OSError, RuntimeError) as err:
+                reason = "symlink loop" if "symbolic links" in str(err) or isinstance(err, RuntimeError) else None
+                out.append(entry(rel, None, (reason or "dangling symlink", f"-> {target}")))
+                continue
+            if os.path.commonpath([base, real]) != base:
+                out.append(entry(rel, None, ("path escapes the input root", f"symlink -> {real}, outside {base}")))
+            elif os.path.isdir(real):
+                out.append(entry(rel, None, ("symlinked folder not followed", f"-> {target} (inside the root)")))
+            else:
+                out.append(entry(rel, os.stat(real), None))
+        # os.walk(followlinks=False) lists links to folders in dirnames but does not descend into them.
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
     return out
 
 
@@ -184,7 +233,10 @@ def read_file_entries(
     records: dict[str, list[FileEntry]] = {f: [] for f in RECORD_FORMATS}
     for e in entries:
         ext = e.ext
-        if ext and ext not in allowed:
+        if e.problem is not None:
+            log.warning("ingest: %s not read: %s (%s)", e.path, *e.problem)
+            rejected.append((e.path, e.doc_id, *e.problem))
+        elif ext and ext not in allowed:
             rejected.append((e.path, e.doc_id, "unsupported format", f"extension not in ingest.extensions: {ext}"))
         elif e.length == 0:
             rejected.append((e.path, e.doc_id, "empty file", "0 bytes"))

@@ -168,7 +168,7 @@ def _mine_negatives(
     if cfg.hard_negatives == 0:
         return [[] for _ in questions]
     encoder = build_encoder(p.cfg.embed)
-    index = ShardedIndex(p.index_root, p.cfg.index)
+    index = ShardedIndex(p.index_root, p.cfg.index, p.cfg.embed)
     out: list[list[int]] = []
     for start in range(0, len(questions), 64):
         vecs = encoder.encode_queries(questions[start : start + 64])
