@@ -111,8 +111,17 @@ def _print_summary(out: str) -> None:
             f"R@5 {r.get('recall@5', float('nan')):.3f}  R@10 {r.get('recall@10', float('nan')):.3f}  "
             f"nDCG@10 {r.get('ndcg@10', float('nan')):.3f}  latency p50 {r['latency_ms_p50']:.1f} ms"
         )
+        if r.get("mrr@10_ci95") and None not in r["mrr@10_ci95"]:
+            print(f"             MRR@10 95% CI {r['mrr@10_ci95'][0]:.3f}-{r['mrr@10_ci95'][1]:.3f}")
         if a["f1"] is not None:
-            print(f"  answers    F1 {a['f1']:.3f}  EM {a['em']:.3f}  ({a['answered']} answered)")
+            ci = a.get("f1_ci95") or [None, None]
+            interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if None not in ci else ""
+            print(
+                f"  answers    F1 {a['f1']:.3f}{interval}  ROUGE-L {a.get('rouge_l') or 0:.3f}  EM {a['em']:.3f}  "
+                f"({a['answered']} answered)"
+            )
+            if a.get("f1_no_retrieval") is not None:
+                print(f"             F1 without retrieval (same generator, no context) {a['f1_no_retrieval']:.3f}")
         else:
             print("  answers    none (generate.backend=none)")
         print(

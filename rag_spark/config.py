@@ -530,11 +530,7 @@ class PipelineConfig(_Section):
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that decide a stage's output: its own section and every upstream one."""
         sections = STAGE_INPUTS[stage]
-        payload = {
-            name: getattr(self, name).model_dump(mode="json", exclude=_NOT_HASHED.get(name))
-            for name in sections
-            if name != "dataset"
-        }
+        payload = {name: _section_payload(name, getattr(self, name)) for name in sections if name != "dataset"}
         if "dataset" in sections:
             payload["dataset"] = self.dataset
         return _digest(payload)
@@ -671,6 +667,19 @@ def load_sweep(path: str | Path) -> SweepConfig:
         sweep = sweep.model_copy(update={"base": str(p.parent / sweep.base)})
     return sweep
 
+
+def _section_payload(name: str, section: BaseModel) -> dict[str, Any]:
+    """A section as hashed: without the unhashed fields, and without fields added later while they hold their
+    default (so adding a field does not change the hashes of existing lakes' tables)."""
+    data = section.model_dump(mode="json", exclude=_NOT_HASHED.get(name))
+    for key, default in _ADDED_LATER.get(name, {}).items():
+        if data.get(key) == default:
+            data.pop(key, None)
+    return data
+
+
+# Fields added after lakes existed, with their defaults: left out of stage hashes while at the default.
+_ADDED_LATER: dict[str, dict[str, Any]] = {"generate": {"no_retrieval": False}}
 
 # Where files are cached, not what they hold, and how much is re-read: excluded from config hashes.
 _NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}, "ingest": {"incremental"}}

@@ -685,7 +685,8 @@ class Pipeline:
         ingest..index: the latest lineage row of the stage (whoever wrote the stage's tables last) has this
         stage's config hash, which covers its own section and every upstream one. retrieve: `retrievals` holds
         every question under this config hash (retrievals are keyed by it, so other configurations never
-        overwrite them). Later stages are never reused here (generate is incremental by itself).
+        overwrite them). Later stages are never reused here (generate is incremental by itself). Reuse trusts the
+        lake: files of the dataset edited since the last ingest are not looked at (a plain `run` re-reads them).
         """
         lake = self.lake
         h = self.cfg.stage_hash(stage)
