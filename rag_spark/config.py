@@ -530,7 +530,9 @@ class PipelineConfig(_Section):
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that decide a stage's output: its own section and every upstream one."""
         sections = STAGE_INPUTS[stage]
-        payload = {name: _section_payload(name, getattr(self, name)) for name in sections if name != "dataset"}
+        payload: dict[str, Any] = {
+            name: _section_payload(name, getattr(self, name)) for name in sections if name != "dataset"
+        }
         if "dataset" in sections:
             payload["dataset"] = self.dataset
         return _digest(payload)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from rag_spark import schema as S
@@ -26,6 +27,11 @@ from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
     from rag_spark.pipeline import Pipeline, StageResult
+
+
+def to_pandas(df: DataFrame) -> pd.DataFrame:
+    """A small Spark result as pandas (pyspark's stubs type `toPandas` loosely)."""
+    return cast(pd.DataFrame, df.toPandas())
 
 
 def effective_qrels(qrels: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
@@ -71,7 +77,7 @@ def _counts(p: Pipeline, inputs: dict[str, int]) -> dict[str, int]:
 
 def _timings(p: Pipeline) -> dict[str, float]:
     """Seconds of each stage's latest run under the current configuration (from the lineage table)."""
-    lineage = p.lake.read(S.LINEAGE).select("stage", "config_hash", "seconds", "finished_at").toPandas()
+    lineage = to_pandas(p.lake.read(S.LINEAGE).select("stage", "config_hash", "seconds", "finished_at"))
     out: dict[str, float] = {}
     for stage, rows in lineage.groupby("stage"):
         rows = rows[rows["config_hash"] == p.cfg.stage_hash(str(stage))]
@@ -148,9 +154,9 @@ def score_answers(
         rows.append(
             (
                 qid,
-                token_f1(text, ref, language) if has_gold else np.nan,
-                exact_match(text, ref, language) if has_gold else np.nan,
-                rouge_l(text, ref, language) if has_gold else np.nan,
+                token_f1(text, str(ref), language) if has_gold else np.nan,
+                exact_match(text, str(ref), language) if has_gold else np.nan,
+                rouge_l(text, str(ref), language) if has_gold else np.nan,
                 float(is_abstention(answer, language)),
                 float(bool(cited_ids)),
                 citation_correct(cited_ids, retrieved.get(qid, []) + in_context, gold_chunks),
@@ -178,7 +184,7 @@ def _contexts(p: Pipeline, gh: str) -> pd.DataFrame:
     chunks = p.lake.read(S.CHUNKS).select(
         "chunk_id", "doc_id", F.concat_ws("\n", F.coalesce("title", F.lit("")), "text").alias("text")
     )
-    return used.join(chunks, "chunk_id").select("query_id", "chunk_id", "doc_id", "text").toPandas()
+    return to_pandas(used.join(chunks, "chunk_id").select("query_id", "chunk_id", "doc_id", "text"))
 
 
 def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
@@ -186,16 +192,16 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     writes `metrics`, `eval_details` and a `runs` row, and returns the metrics.json summary."""
     cfg, lake = p.cfg, p.lake
     ecfg = cfg.evaluate
-    boot = {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed}
+    boot: dict[str, Any] = {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed}
     rh, gh, eh = cfg.stage_hash("retrieve"), cfg.stage_hash("generate"), cfg.stage_hash("evaluate")
-    retrievals = p._read(S.RETRIEVALS, res.inputs).where(F.col("config_hash") == rh).toPandas()
-    qrels = p._read(S.QRELS, res.inputs).toPandas()
-    queries = p._read(S.QUERIES, res.inputs).select("query_id").toPandas()
-    dups = lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    gold = lake.read(S.GOLD_ANSWERS).toPandas()
+    retrievals = to_pandas(p._read(S.RETRIEVALS, res.inputs).where(F.col("config_hash") == rh))
+    qrels = to_pandas(p._read(S.QRELS, res.inputs))
+    queries = to_pandas(p._read(S.QUERIES, res.inputs).select("query_id"))
+    dups = to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of"))
+    gold = to_pandas(lake.read(S.GOLD_ANSWERS))
     answer_cols = ["query_id", "answer", "cited_chunk_ids", "context_chunk_ids", "tokens_out", "config_hash"]
     all_answers = (
-        lake.read(S.ANSWERS).where(F.col("config_hash").isin(gh, cfg.baseline_hash)).select(*answer_cols).toPandas()
+        to_pandas(lake.read(S.ANSWERS).where(F.col("config_hash").isin(gh, cfg.baseline_hash)).select(*answer_cols))
         if lake.exists(S.ANSWERS)
         else pd.DataFrame(columns=answer_cols)
     )

@@ -19,7 +19,7 @@ from rag_spark import schema as S
 from rag_spark.config import PipelineConfig, load_config_dict
 from rag_spark.evaluate.answers import is_abstention, strip_citations, token_f1
 from rag_spark.evaluate.retrieval import at_k_curve
-from rag_spark.evaluate.run import effective_qrels
+from rag_spark.evaluate.run import effective_qrels, to_pandas
 from rag_spark.evaluate.stats import paired_comparison
 from rag_spark.lake import Lake
 from rag_spark.report.inputs import CaseStudy, ReportInputs
@@ -95,7 +95,7 @@ def _compared_runs(lake: Lake, main: RunRecord) -> list[RunRecord]:
 
 def _lineage(lake: Lake, cfg: PipelineConfig) -> pd.DataFrame:
     """The latest lineage row of each stage under the given configuration."""
-    df = lake.read(S.LINEAGE).toPandas()
+    df = to_pandas(lake.read(S.LINEAGE))
     rows = []
     for stage in ("ingest", "clean", "chunk", "embed", "index", "retrieve", "generate", "evaluate"):
         mine = df[(df["stage"] == stage) & (df["config_hash"] == cfg.stage_hash(stage))]
@@ -119,7 +119,7 @@ def _lineage(lake: Lake, cfg: PipelineConfig) -> pd.DataFrame:
 
 def _details(lake: Lake, run_id: str) -> pd.DataFrame:
     """Per-question metrics of a run (eval_details pivoted: one row per question, one column per metric)."""
-    d = lake.read(S.EVAL_DETAILS).where(F.col("run_id") == run_id).select("query_id", "metric", "value").toPandas()
+    d = to_pandas(lake.read(S.EVAL_DETAILS).where(F.col("run_id") == run_id).select("query_id", "metric", "value"))
     if d.empty:
         return pd.DataFrame(columns=["query_id"])
     return d.pivot_table(index="query_id", columns="metric", values="value", dropna=False).reset_index()
@@ -276,21 +276,21 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
     main = load_run(lake, run_id)
     cfg, headline = main.cfg, main.summary
     lang = cfg.generate.language
-    boot = {"samples": cfg.evaluate.bootstrap_samples, "seed": cfg.evaluate.seed}
+    boot: dict[str, Any] = {"samples": cfg.evaluate.bootstrap_samples, "seed": cfg.evaluate.seed}
     runs = _compared_runs(lake, main)
 
-    queries = lake.read(S.QUERIES).toPandas()
+    queries = to_pandas(lake.read(S.QUERIES))
     qrels = effective_qrels(
-        lake.read(S.QRELS).toPandas(), lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
+        to_pandas(lake.read(S.QRELS)), to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of"))
     )
     relevant = qrels[qrels["score"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
-    gold = lake.read(S.GOLD_ANSWERS).toPandas()
+    gold = to_pandas(lake.read(S.GOLD_ANSWERS))
     hashes = {rec.run_id: (rec.cfg.stage_hash("retrieve"), rec.cfg.stage_hash("generate")) for rec in runs}
     rhs = sorted({h[0] for h in hashes.values()})
     ghs = sorted({h[1] for h in hashes.values()} | {cfg.baseline_hash})
-    retrievals_all = lake.read(S.RETRIEVALS).where(F.col("config_hash").isin(rhs)).toPandas()
+    retrievals_all = to_pandas(lake.read(S.RETRIEVALS).where(F.col("config_hash").isin(rhs)))
     answers_all = (
-        lake.read(S.ANSWERS).where(F.col("config_hash").isin(ghs)).toPandas()
+        to_pandas(lake.read(S.ANSWERS).where(F.col("config_hash").isin(ghs)))
         if lake.exists(S.ANSWERS)
         else pd.DataFrame(columns=["config_hash", "query_id", "answer", "cited_chunk_ids"])
     )
@@ -370,7 +370,7 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
     per_query = per_query[["query_id", "question", "rr", "recall@10", "f1", "em"]]
 
     c = headline["counts"]
-    quarantine = lake.read(S.QUARANTINE).groupBy("stage", "reason").count().toPandas()
+    quarantine = to_pandas(lake.read(S.QUARANTINE).groupBy("stage", "reason").count())
     by_method = {r["method"]: int(r["count"]) for r in lake.read(S.DUPLICATES).groupBy("method").count().collect()}
     chunk_stats = (
         lake.read(S.CHUNKS)

@@ -353,7 +353,7 @@ def latency_ecdf(latencies_ms: pd.DataFrame, run_id: str) -> figure | Div:
         y_axis_label="share of questions",
         y_range=Range1d(start=0, end=1.02),
     )
-    lines = []
+    lines: list[DataRenderer] = []
     for name, color in zip(list(dict.fromkeys(configs)), cycle(Category10_10), strict=False):
         lat = np.sort(df.loc[configs == name, "latency_ms"].to_numpy(dtype=float))
         source = ColumnDataSource(
