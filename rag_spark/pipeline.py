@@ -491,7 +491,7 @@ class Pipeline:
             res.info["baseline_to_answer"] = self._answer(res, self.cfg.baseline(), self.cfg.baseline_hash, queries)
         if "answers" not in res.outputs and self.lake.exists(S.ANSWERS):
             res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
-        res.rows = n_todo
+        res.rows = n_todo + int(res.info.get("baseline_to_answer", 0))
         return self._finish(res, t0)
 
     def _answer(
