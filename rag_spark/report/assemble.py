@@ -392,6 +392,7 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
             ("queries", "questions", c["queries"]),
         ],
         columns=["table", "metric", "value"],
+        dtype=object,  # counts and means in one column: shown as written (10,102 and 104.4), not all as 0.000
     )
     a = headline["answers"]
     answer_quality = pd.DataFrame(
@@ -401,6 +402,8 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
     # Case studies (spread by F1) and contrasts (biggest per-question differences between two configurations).
     texts = _ChunkTexts(lake)
     main_ret, main_ans = retrievals_of(main), answers_of(hashes[main.run_id][1])
+    # One Spark job for every chunk a case may show (top 5 of each question), instead of one per case.
+    texts.fetch(retrievals_all[retrievals_all["rank"] <= 5]["chunk_id"].astype(str).tolist())
     cases = _spread_cases(main_ret, queries, relevant, gold, main_ans, texts, lang, cfg.report.case_studies)
     contrast: list[CaseStudy] = []
     if len(runs) > 1:
@@ -413,7 +416,8 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
             gold,
             texts,
             lang,
-            metric="f1" if len(answers_of(hashes[main.run_id][1])) else "rr",
+            # F1 when both configurations answered, else the retrieval's reciprocal rank.
+            metric="f1" if len(main_ans) and len(answers_of(hashes[best.run_id][1])) else "rr",
             rr=(details[best.run_id], main_details.reset_index(), best.mrr_key),
         )
     elif len(answers_of(cfg.baseline_hash)) and len(main_ans):
