@@ -40,7 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--stages", help="comma-separated subset of stages, in pipeline order")
     for stage, help_text in _STAGE_HELP.items():
-        _common(sub.add_parser(stage, help=help_text))
+        stage_parser = sub.add_parser(stage, help=help_text)
+        _common(stage_parser)
+        if stage == "report":
+            stage_parser.add_argument(
+                "--run",
+                help="regenerate the report of this run id from the Delta tables alone (its configuration and "
+                "metrics come from the `runs` table; --lake or --config/--out locate the lake; written to "
+                "--out/report.html, default the run's own out folder)",
+            )
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of configurations over one lake (unchanged stages reused) and write one report comparing them",
+    )
+    sw.add_argument("--config", type=Path, required=True, help="sweep YAML: base, overrides, grid, variants, out")
+    sw.add_argument("--out", help="sweep folder (overrides the sweep file's `out`)")
+    sw.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     qa = sub.add_parser(
         "qa",
         help="batch QA: questions (file or queries table) -> retrievals + answers, merged round by round; a rerun "
@@ -105,8 +120,17 @@ def _print_summary(out: str) -> None:
             f"R@5 {r.get('recall@5', float('nan')):.3f}  R@10 {r.get('recall@10', float('nan')):.3f}  "
             f"nDCG@10 {r.get('ndcg@10', float('nan')):.3f}  latency p50 {r['latency_ms_p50']:.1f} ms"
         )
+        if r.get("mrr@10_ci95") and None not in r["mrr@10_ci95"]:
+            print(f"             MRR@10 95% CI {r['mrr@10_ci95'][0]:.3f}-{r['mrr@10_ci95'][1]:.3f}")
         if a["f1"] is not None:
-            print(f"  answers    F1 {a['f1']:.3f}  EM {a['em']:.3f}  ({a['answered']} answered)")
+            ci = a.get("f1_ci95") or [None, None]
+            interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if None not in ci else ""
+            print(
+                f"  answers    F1 {a['f1']:.3f}{interval}  ROUGE-L {a.get('rouge_l') or 0:.3f}  EM {a['em']:.3f}  "
+                f"({a['answered']} answered)"
+            )
+            if a.get("f1_no_retrieval") is not None:
+                print(f"             F1 without retrieval (same generator, no context) {a['f1_no_retrieval']:.3f}")
         else:
             print("  answers    none (generate.backend=none)")
         print(
@@ -151,6 +175,37 @@ def _train(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     print(f"  pairs   {res.pairs['qa']} from the train split, {res.pairs['synthetic']} synthetic")
     print(f"  loss    {res.losses} (per epoch)   seconds {res.seconds}")
     print(f"  use it  embed: {{backend: sentence-transformers, model: {res.model_dir}}}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rag_spark.config import load_sweep
+    from rag_spark.sweep import expand, run_sweep
+
+    sweep = load_sweep(args.config)
+    if args.out:
+        sweep = sweep.model_copy(update={"out": args.out})
+    variants = expand(sweep)  # validates every variant before anything runs
+    print(f"sweep: {len(variants)} variants -> {Path(sweep.out).resolve()}")
+    result = run_sweep(sweep)
+    for name, run_id in result.runs.items():
+        reused = ",".join(result.reused[name]) or "-"
+        print(f"  {run_id}  {name}  (reused: {reused})")
+    print(f"report:  {result.report}")
+    return 0
+
+
+def _report_run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    from rag_spark.lake import Lake
+    from rag_spark.report.assemble import load_run, report_for_run
+    from rag_spark.spark import build_spark
+
+    spark = build_spark(cfg.spark)
+    lake_root = cfg.resolved().lake_root
+    run = load_run(Lake(spark, lake_root), args.run)
+    out = Path(args.out) if args.out else Path(run.cfg.out)
+    path = report_for_run(spark, lake_root, args.run, out / "report.html")
+    print(f"report:  {path.resolve()}  (run {args.run}, from the tables of {lake_root})")
     return 0
 
 
@@ -207,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "dedup":
             return _dedup(args)
+        if args.command == "sweep":
+            return _sweep(args)
         cfg = _load(args)
         if args.command == "config":
             print(cfg.to_yaml(), end="")
@@ -217,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             return _qa(cfg, args)
         if args.command == "train-retriever":
             return _train(cfg, args)
+        if args.command == "report" and args.run:
+            return _report_run(cfg, args)
         pipeline = Pipeline(cfg)
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",")] if args.stages else None

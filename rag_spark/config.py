@@ -490,6 +490,9 @@ class GenerateConfig(_Section):
     environment overrides it). llama.cpp: its thread count; None uses the CPUs of the affinity mask."""
     parallel_slots: int = Field(4, ge=1, le=256)
     """llama.cpp: sequences decoded together (server slots, continuous batching); each gets `max_model_len`."""
+    no_retrieval: bool = False
+    """Answer without any retrieved context, from the model's own knowledge (the no-retrieval baseline's prompt,
+    `generate.prompts`); the pipeline sets it on a derived configuration when `evaluate.no_retrieval_baseline`."""
 
     @model_validator(mode="after")
     def _fits_model_len(self) -> GenerateConfig:
@@ -573,6 +576,14 @@ class EvaluateConfig(_Section):
 
     ks: list[int] = [1, 3, 5, 10]
     ndcg_k: int = Field(10, ge=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    """Percentile-bootstrap resamples (over questions) for the 95% interval of every headline metric, and for the
+    paired comparisons; the same number of sign flips for the permutation test's p-value."""
+    seed: int = 0
+    """Seed of the bootstrap and the permutation test: the same answers always give the same intervals."""
+    no_retrieval_baseline: bool = False
+    """Also answer every question with the same generator and no context (the generate stage, under its own
+    config hash: see `PipelineConfig.baseline_hash`), and report `answers.f1_no_retrieval` and what retrieval adds."""
 
     @field_validator("ks")
     @classmethod
@@ -597,6 +608,9 @@ class PipelineConfig(_Section):
     out: str = "reports/run"
     lake: str | None = None
     """Root of the Delta tables; None means `<out>/lake`."""
+    index_dir: str | None = None
+    """Where the FAISS builds live (`<index_dir>/<model>/`); None means `<out>/index`. A sweep points every
+    variant at one folder so variants that share the index reuse it."""
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
     ingest: IngestConfig = IngestConfig()
@@ -616,13 +630,15 @@ class PipelineConfig(_Section):
     def lake_root(self) -> str:
         return self.lake or str(Path(self.out) / "lake")
 
+    @property
+    def index_base(self) -> str:
+        return self.index_dir or str(Path(self.out) / "index")
+
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that decide a stage's output: its own section and every upstream one."""
         sections = STAGE_INPUTS[stage]
-        payload = {
-            name: getattr(self, name).model_dump(mode="json", exclude=_NOT_HASHED.get(name))
-            for name in sections
-            if name != "dataset"
+        payload: dict[str, Any] = {
+            name: _section_payload(name, getattr(self, name)) for name in sections if name != "dataset"
         }
         if "dataset" in sections:
             payload["dataset"] = self.dataset
@@ -631,7 +647,26 @@ class PipelineConfig(_Section):
     @property
     def config_hash(self) -> str:
         """Hash of the whole configuration except where outputs are written."""
-        return _digest(self.model_dump(mode="json", exclude={"out": True, "lake": True, **_NOT_HASHED_NESTED}))
+        return _digest(
+            self.model_dump(mode="json", exclude={"out": True, "lake": True, "index_dir": True, **_NOT_HASHED_NESTED})
+        )
+
+    def baseline(self) -> PipelineConfig:
+        """This configuration with `generate.no_retrieval` on: the generator answering without context."""
+        return self.model_copy(update={"generate": self.generate.model_copy(update={"no_retrieval": True})})
+
+    @property
+    def baseline_hash(self) -> str:
+        """Config hash of the no-retrieval baseline's answers: the questions (dataset, ingest) and the generator
+        only, so every configuration of a sweep that keeps the generator shares one set of baseline answers."""
+        return _digest(
+            {
+                "dataset": self.dataset,
+                "ingest": self.ingest.model_dump(mode="json", exclude=_NOT_HASHED.get("ingest")),
+                "generate": self.baseline().generate.model_dump(mode="json", exclude=_NOT_HASHED.get("generate")),
+                "baseline": "no_retrieval",
+            }
+        )
 
     def with_overrides(self, **fields: Any) -> PipelineConfig:
         """Returns a copy with top-level fields replaced (validated again)."""
@@ -652,6 +687,7 @@ class PipelineConfig(_Section):
                 "dataset": absolute(self.dataset),
                 "out": absolute(self.out),
                 "lake": absolute(self.lake),
+                "index_dir": absolute(self.index_dir),
                 "generate": g.model_copy(
                     update={
                         "models_dir": absolute(g.models_dir),
@@ -666,6 +702,100 @@ class PipelineConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
+    def with_dotted(self, overrides: dict[str, Any], source: str = "overrides") -> PipelineConfig:
+        """Returns a copy with dotted keys replaced (`{"retrieve.k": 5, "chunk.size_tokens": 128}`), validated.
+
+        Raises:
+            ConfigError: naming an unknown key or a bad value.
+        """
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"invalid configuration in {source}:\n  {key}: unknown field {part!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"invalid configuration in {source}:\n  {key}: unknown field")
+            node[parts[-1]] = value
+        return load_config_dict(data, source=source)
+
+
+class SweepConfig(BaseModel):
+    """`rag-spark sweep --config sweep.yaml`: a base configuration and a grid over dotted config keys.
+
+    Every combination of the `grid` values (or each entry of `variants`, or both) is one variant, run through the
+    normal stages on one shared lake and index folder; stages whose config hash did not change are reused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str | None = None
+    """A pipeline YAML (relative to the sweep file); None starts from the defaults."""
+    overrides: dict[str, Any] = {}
+    """Dotted overrides applied to the base for every variant (`dataset`, `generate.backend`, ...)."""
+    grid: dict[str, list[Any]] = {}
+    """Dotted key -> values; the variants are the cartesian product, in the order given."""
+    variants: list[dict[str, Any]] = []
+    """Explicit variants (dotted key -> value), added after the grid's."""
+    out: str = "reports/sweep"
+    """Sweep folder: `lake/`, `index/`, one folder per variant (metrics.json, report.html), `report.html`."""
+    reference: str | None = None
+    """Variant the others are compared with (paired tests, wins/losses); None: the first variant."""
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, v in grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid keys need at least one value: {empty}")
+        return grid
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Reads and validates a sweep YAML file.
+
+    Raises:
+        ConfigError: if the file is missing, not YAML, or invalid.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"sweep file {p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep file {p} must hold a mapping at the top level")
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(p))) from None
+    if sweep.base is not None and not Path(sweep.base).is_absolute():
+        sweep = sweep.model_copy(update={"base": str(p.parent / sweep.base)})
+    return sweep
+
+
+def _section_payload(name: str, section: BaseModel) -> dict[str, Any]:
+    """A section as hashed: without the unhashed fields, and without fields added later while they hold their
+    default (so adding a field does not change the hashes of existing lakes' tables)."""
+    data = section.model_dump(mode="json", exclude=_NOT_HASHED.get(name))
+    for key, default in _ADDED_LATER.get(name, {}).items():
+        if data.get(key) == default:
+            data.pop(key, None)
+    return data
+
+
+# Fields added after lakes existed, with their defaults: left out of stage hashes while at the default.
+_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "generate": {"no_retrieval": False},
+    "retrieve": {
+        "bm25": BM25Config().model_dump(mode="json"),
+        "fusion": FusionConfig().model_dump(mode="json"),
+        "rerank": RerankConfig().model_dump(mode="json"),
+    },
+}
 
 # Where files are cached, not what they hold, and how much is re-read: excluded from config hashes.
 _NOT_HASHED: dict[str, set[str]] = {"generate": {"models_dir"}, "spark": {"jars_dir"}, "ingest": {"incremental"}}

@@ -60,12 +60,24 @@ class StageResult:
 class Pipeline:
     """One run of the pipeline over one dataset, writing into one lake."""
 
-    def __init__(self, cfg: PipelineConfig, spark: SparkSession | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        spark: SparkSession | None = None,
+        run_id: str | None = None,
+        *,
+        sweep_id: str | None = None,
+        variant: str | None = None,
+    ) -> None:
         self.cfg = cfg.resolved()
         self.run_id = run_id or new_run_id(cfg)
+        self.sweep_id = sweep_id
+        self.variant = variant
+        """A sweep's id and this variant's name (recorded in the `runs` table), None outside a sweep."""
         self._spark = spark
         self._lake: Lake | None = None
         self.results: dict[str, StageResult] = {}
+        self.reused: list[str] = []
 
     # -- shared resources --
 
@@ -85,7 +97,7 @@ class Pipeline:
 
     @property
     def index_root(self) -> Path:
-        return Path(self.cfg.out) / "index" / model_id(self.cfg.embed.model)
+        return Path(self.cfg.index_base) / model_id(self.cfg.embed.model)
 
     @property
     def bm25_root(self) -> Path:
@@ -516,9 +528,11 @@ class Pipeline:
         )
 
     def generate(self) -> StageResult:
-        """retrievals + chunks + queries -> answers, with an actor pool of LLM engines (vLLM)."""
-        from rag_spark.raycluster import generate_with_ray
+        """retrievals + chunks + queries -> answers, with an actor pool of LLM engines (vLLM).
 
+        With `evaluate.no_retrieval_baseline`, the same generator also answers every question without context
+        (`generate.no_retrieval`), under `PipelineConfig.baseline_hash`; answers already there are kept.
+        """
         t0 = time.perf_counter()
         res = StageResult("generate")
         gcfg = self.cfg.generate
@@ -530,7 +544,6 @@ class Pipeline:
         if gcfg.backend == "none":
             res.info = {"skipped": "generate.backend=none"}
             return self._finish(res, t0)
-        answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
         ctx = (
             retrievals.where(F.col("rank") <= gcfg.context_chunks)
             .join(chunks.select("chunk_id", "title", "text"), "chunk_id")
@@ -538,30 +551,57 @@ class Pipeline:
             .groupBy("query_id")
             .agg(F.sort_array(F.collect_list(F.struct("rank", "chunk_id", "context_text"))).alias("ctx"))
         )
-        todo = (
-            queries.join(answered, "query_id", "left_anti")
-            .join(ctx, "query_id", "left")
-            .select(
+        n_todo = self._answer(res, self.cfg, h, queries, ctx)
+        res.info = {"to_answer": n_todo}
+        if self.cfg.evaluate.no_retrieval_baseline and not gcfg.no_retrieval:
+            res.info["baseline_to_answer"] = self._answer(res, self.cfg.baseline(), self.cfg.baseline_hash, queries)
+        if "answers" not in res.outputs and self.lake.exists(S.ANSWERS):
+            res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
+        res.rows = n_todo + int(res.info.get("baseline_to_answer", 0))
+        return self._finish(res, t0)
+
+    def _answer(
+        self, res: StageResult, cfg: PipelineConfig, h: str, queries: DataFrame, ctx: DataFrame | None = None
+    ) -> int:
+        """Answers the questions that have no answer under config hash `h` yet; returns how many it answered.
+
+        Args:
+            res: The generate stage's result (its `answers` output version is updated).
+            cfg: The configuration whose generator answers (the baseline's has `generate.no_retrieval`).
+            h: Config hash the answers are stored under.
+            queries: query_id, text.
+            ctx: query_id, ctx (sorted structs of rank, chunk_id, context_text); None answers without context.
+        """
+        answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
+        todo = queries.join(answered, "query_id", "left_anti")
+        empty = F.array().cast("array<string>")
+        if ctx is None:
+            todo = todo.select(
                 "query_id",
                 F.col("text").alias("question"),
-                F.coalesce(F.col("ctx.chunk_id"), F.array().cast("array<string>")).alias("context_chunk_ids"),
-                F.coalesce(F.col("ctx.context_text"), F.array().cast("array<string>")).alias("context_texts"),
+                empty.alias("context_chunk_ids"),
+                empty.alias("context_texts"),
             )
-        )
+        else:
+            todo = todo.join(ctx, "query_id", "left").select(
+                "query_id",
+                F.col("text").alias("question"),
+                F.coalesce(F.col("ctx.chunk_id"), empty).alias("context_chunk_ids"),
+                F.coalesce(F.col("ctx.context_text"), empty).alias("context_texts"),
+            )
         n_todo = todo.count()
-        res.info = {"to_answer": n_todo}
-        if n_todo == 0 and self.lake.exists(S.ANSWERS):
-            res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
-            return self._finish(res, t0)
+        if n_todo == 0:
+            return 0
+        from rag_spark.raycluster import generate_with_ray
+
         with self._staged(todo, "generate") as (staged_in, staged_out):
-            generate_with_ray(staged_in, staged_out, self.cfg)
+            generate_with_ray(staged_in, staged_out, cfg)
             new = self.lake.read_staging(staged_out).select(
                 F.lit(h).alias("config_hash"), "*", F.lit(self.run_id).alias("run_id")
             )
             # Resumable: earlier answers of this config stay; only new questions are added.
             res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
-        res.rows = n_todo
-        return self._finish(res, t0)
+        return n_todo
 
     def qa(self, questions: str | None = None, limit: int | None = None) -> StageResult:
         """Batch QA: questions (a file, or the `queries` table) -> retrievals + answers, one bounded round at a time.
@@ -674,14 +714,15 @@ class Pipeline:
 
     def evaluate(self) -> StageResult:
         """retrievals + answers vs qrels + gold answers -> metrics, eval_details, metrics.json."""
-        from rag_spark.evaluate.run import evaluate_run
+        from rag_spark.evaluate.run import evaluate_run, record_run
 
         t0 = time.perf_counter()
         res = StageResult("evaluate")
         summary = evaluate_run(self, res)
         res.rows = int(summary["counts"]["queries"])
+        summary["timings_s"]["evaluate"] = round(time.perf_counter() - t0, 3)
+        res.outputs["runs"] = record_run(self, summary, self._meta("evaluate", res.inputs))
         self._finish(res, t0)
-        summary["timings_s"]["evaluate"] = round(res.seconds, 3)
         out = Path(self.cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -701,13 +742,58 @@ class Pipeline:
         res.rows = len(inputs.cases)
         return self._finish(res, t0)
 
-    def run(self, stages: list[str] | None = None) -> dict[str, StageResult]:
-        """Runs the given stages (default: all) in pipeline order."""
+    def reusable(self, stage: str) -> bool:
+        """Whether `stage`'s outputs in the lake are already those of this configuration.
+
+        ingest..index: the latest lineage row of the stage (whoever wrote the stage's tables last) has this
+        stage's config hash, which covers its own section and every upstream one. retrieve: `retrievals` holds
+        every question under this config hash (retrievals are keyed by it, so other configurations never
+        overwrite them). Later stages are never reused here (generate is incremental by itself). Reuse trusts the
+        lake: files of the dataset edited since the last ingest are not looked at (a plain `run` re-reads them).
+        """
+        lake = self.lake
+        h = self.cfg.stage_hash(stage)
+        if stage in ("ingest", "clean", "chunk", "embed", "index"):
+            if not lake.exists(S.LINEAGE):
+                return False
+            last = (
+                lake.read(S.LINEAGE)
+                .where(F.col("stage") == stage)
+                .orderBy(F.col("finished_at").desc())
+                .select("config_hash")
+                .first()
+            )
+            if last is None or last["config_hash"] != h:
+                return False
+            return stage != "index" or (self.index_root / "CURRENT").exists()
+        if stage == "retrieve":
+            if not lake.exists(S.RETRIEVALS) or not lake.exists(S.QUERIES):
+                return False
+            done = lake.read(S.RETRIEVALS).where(F.col("config_hash") == h).select("query_id").distinct().count()
+            return done > 0 and done == lake.read(S.QUERIES).count()
+        return False
+
+    def run(self, stages: list[str] | None = None, *, reuse: bool = False) -> dict[str, StageResult]:
+        """Runs the given stages (default: all) in pipeline order.
+
+        Args:
+            stages: Subset of `STAGES`; None runs all.
+            reuse: Skip the leading stages whose outputs are already this configuration's (`reusable`): a
+                sweep variant that only changes `retrieve.k` starts at retrieve. Once a stage runs, every later
+                one runs too. Skipped stages are listed in `self.reused`.
+        """
         for stage in stages or STAGES:
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        self.reused = []
+        skipping = reuse
         for stage in STAGES:
             if stages is None or stage in stages:
+                if skipping and self.reusable(stage):
+                    log.info("== %s: reused (outputs of config %s are current)", stage, self.cfg.stage_hash(stage))
+                    self.reused.append(stage)
+                    continue
+                skipping = False
                 log.info("== %s", stage)
                 getattr(self, stage)()
         return self.results

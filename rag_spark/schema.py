@@ -258,6 +258,22 @@ TRAINING_PAIRS = Table(
     ("model_name", "pair_id"),
 )
 
+# One row per evaluated run: its full configuration and metrics.json summary, so `rag-spark report --run RUN_ID`
+# rebuilds a report from the lake alone; sweep_id/variant group the runs of one `rag-spark sweep`.
+RUNS = Table(
+    "runs",
+    _s(
+        ("run_id", StringType(), False),
+        ("config_hash", StringType(), False),
+        ("config_yaml", StringType(), False),
+        ("summary_json", StringType(), False),
+        ("sweep_id", StringType(), True),
+        ("variant", StringType(), True),
+        ("finished_at", TimestampType(), False),
+    ),
+    ("run_id",),
+)
+
 ALL_TABLES = [
     BRONZE,
     SOURCES,
@@ -276,4 +292,5 @@ ALL_TABLES = [
     LINEAGE,
     SYNTHETIC_QUESTIONS,
     TRAINING_PAIRS,
+    RUNS,
 ]

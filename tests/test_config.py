@@ -64,3 +64,44 @@ def test_resolved_paths_are_absolute() -> None:
     cfg = load_config_dict({"dataset": "data/x", "out": "reports/y"}).resolved()
     assert Path(cfg.dataset).is_absolute() and Path(cfg.out).is_absolute()
     assert Path(cfg.lake_root).is_absolute()
+
+
+def test_baseline_hash_depends_on_questions_and_generator_only() -> None:
+    a = PipelineConfig()
+    b = a.with_dotted({"retrieve.k": 5, "chunk.size_tokens": 128, "index.factory": "HNSW32"})
+    assert a.baseline_hash == b.baseline_hash  # one set of baseline answers serves every retrieval variant
+    assert a.baseline_hash != a.with_dotted({"generate.max_tokens": 32}).baseline_hash
+    assert a.baseline_hash not in {a.stage_hash("generate"), a.baseline().stage_hash("generate")}
+    assert a.baseline().generate.no_retrieval and not a.generate.no_retrieval
+    # A field added later keeps old hashes while at its default, and changes them when set.
+    from rag_spark.config import _section_payload
+
+    assert "no_retrieval" not in _section_payload("generate", a.generate)
+    assert _section_payload("generate", a.baseline().generate)["no_retrieval"] is True
+    assert a.stage_hash("generate") != a.baseline().stage_hash("generate")
+
+
+def test_dotted_overrides_are_validated() -> None:
+    cfg = PipelineConfig().with_dotted({"retrieve.k": 3, "evaluate.bootstrap_samples": 200})
+    assert cfg.retrieve.k == 3 and cfg.evaluate.bootstrap_samples == 200
+    with pytest.raises(ConfigError, match=r"retrieve\.kk: unknown field"):
+        PipelineConfig().with_dotted({"retrieve.kk": 3})
+    with pytest.raises(ConfigError, match=r"nope\.k: unknown field 'nope'"):
+        PipelineConfig().with_dotted({"nope.k": 3})
+    with pytest.raises(ConfigError, match=r"evaluate\.bootstrap_samples"):
+        PipelineConfig().with_dotted({"evaluate.bootstrap_samples": 5})
+
+
+def test_cli_sweep_and_report_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rag_spark.cli import build_parser, main
+
+    args = build_parser().parse_args(["report", "--run", "20261126T000000Z-abc123-0000", "--lake", "x"])
+    assert args.run == "20261126T000000Z-abc123-0000" and args.lake == "x"
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("grid:\n  retrieve.k: []\n")
+    assert main(["sweep", "--config", str(bad)]) == 2
+    assert "grid keys need at least one value" in capsys.readouterr().err
+    bad.write_text("grid:\n  generate.modle: [x]\n")
+    assert main(["sweep", "--config", str(bad)]) == 2
+    assert "generate.modle: unknown field" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2

@@ -85,20 +85,39 @@ def test_metrics_in_range(run) -> None:  # type: ignore[no-untyped-def]
     assert r["recall@10"] >= 0.5 and r["mrr@10"] >= 0.25
     assert r["latency_ms_p50"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"]
     a = m["answers"]
-    assert a["answered"] == 6
+    assert a["answered"] == 6 and a["answered_no_retrieval"] == 6
     assert 0.0 <= a["f1"] <= 1.0 and 0.0 <= a["em"] <= 1.0
+    for key in ("f1", "rouge_l", "f1_no_retrieval"):
+        low, high = a[f"{key}_ci95"]
+        assert 0.0 <= low <= a[key] <= high <= 1.0, key
+    assert a["unanswerable"] == 0 and a["idk_rate_unanswerable"] is None  # n = 0, reported as such
+    comparison = m["comparisons"]["f1: retrieval - no_retrieval"]
+    assert comparison["n"] == 6 and comparison["diff"] == pytest.approx(a["f1"] - a["f1_no_retrieval"], abs=1e-6)
+    assert 0.0 <= comparison["p"] <= 1.0
     assert set(m["timings_s"]) >= {"ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"}
     assert m["run_id"] == p.run_id and m["config_hash"] == p.cfg.config_hash
 
 
 def test_answers_cite_retrieved_chunks(run) -> None:  # type: ignore[no-untyped-def]
     p, _, _ = run
-    answers = p.lake.read(S.ANSWERS).collect()
+    answers = p.lake.read(S.ANSWERS).where(F.col("config_hash") == p.cfg.stage_hash("generate")).collect()
     assert len(answers) == 6
     for a in answers:
         assert a.answer.strip() and a.tokens_out > 0 and a.tokens_in > 0
         assert set(a.cited_chunk_ids) <= set(a.context_chunk_ids)
         assert a.model_id.startswith("SmolLM2-135M-Instruct")
+
+
+def test_no_retrieval_baseline_asks_the_model_without_context(run) -> None:  # type: ignore[no-untyped-def]
+    p, _, _ = run
+    baseline = p.lake.read(S.ANSWERS).where(F.col("config_hash") == p.cfg.baseline_hash).collect()
+    assert len(baseline) == 6 and p.cfg.baseline_hash != p.cfg.stage_hash("generate")
+    for a in baseline:
+        # The model was called (no "I don't know" short-circuit) with a prompt that holds no chunk.
+        assert a.tokens_out > 0 and a.context_chunk_ids == [] and a.cited_chunk_ids == []
+    rag = p.lake.read(S.ANSWERS).where(F.col("config_hash") == p.cfg.stage_hash("generate")).collect()
+    with_context = {a.query_id: a for a in rag}
+    assert all(a.tokens_in < with_context[a.query_id].tokens_in for a in baseline)  # shorter prompts
 
 
 class _Sections(HTMLParser):
@@ -121,7 +140,7 @@ def test_report(run) -> None:  # type: ignore[no-untyped-def]
     html = (out / "report.html").read_text()
     parser = _Sections()
     parser.feed(html)
-    for section in ("Overview", "Retrieval", "Data statistics", "Answer quality", "Case studies"):
+    for section in ("Overview", "Configurations", "Retrieval", "Data statistics", "Answer quality", "Case studies"):
         assert any(section in h for h in parser.h2), section
     assert p.run_id in html and p.cfg.config_hash in html
     assert "cdn.bokeh.org" not in html
@@ -136,12 +155,12 @@ def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def
     res = again.run(["ingest", "clean", "chunk", "embed", "generate"])
     assert res["ingest"].info["files_read"] == 0  # incremental: unchanged files are not read again
     assert res["embed"].info["embedded"] == 0
-    assert res["generate"].info["to_answer"] == 0
+    assert res["generate"].info["to_answer"] == 0 and res["generate"].info["baseline_to_answer"] == 0
     after = {
         t.name: sorted(map(tuple, p.lake.read(t).drop("run_id").collect())) for t in (S.BRONZE, S.SILVER, S.CHUNKS)
     }
     assert before == after
-    assert p.lake.read(S.ANSWERS).count() == 6
+    assert p.lake.read(S.ANSWERS).count() == 12  # 6 with retrieval + 6 of the no-retrieval baseline
 
 
 def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -7,12 +7,14 @@ answer text reaches the page.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -39,7 +41,8 @@ RUN_ID = "run-20250107T101500-7f3a"
 CONFIG_HASH = "c0ffee12ab34cd56"
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
-HEADINGS = ["Overview", "Retrieval", "Data statistics", "Answer quality", "Case studies"]
+HEADINGS = ["Overview", "Configurations", "Retrieval", "Data statistics", "Answer quality", "Case studies"]
+OTHER_RUN = "run-20250107T111500-9b1c"
 
 
 # ---------------------------------------------------------------- synthetic inputs
@@ -172,6 +175,48 @@ def make_inputs(**overrides: Any) -> ReportInputs:
         ),
         cases=cases,
         title="rag-spark report — Debian FAQ",
+        configurations=pd.DataFrame(
+            {
+                "variant": ["retrieve.k=10", "retrieve.k=5," + SCRIPT],
+                "run_id": [RUN_ID, OTHER_RUN],
+                "config_hash": [CONFIG_HASH, "feedbeef00000000"],
+                "mrr": [0.612, 0.598],
+                "mrr_low": [0.52, 0.50],
+                "mrr_high": [0.70, 0.69],
+                "recall@10": [0.88, 0.80],
+                "f1": [0.54, 0.51],
+                "latency_ms_p50": [11.8, 9.1],
+            }
+        ),
+        comparisons=pd.DataFrame(
+            {
+                "metric": ["f1", "mrr@10"],
+                "a": ["retrieve.k=10", "retrieve.k=5," + SCRIPT],
+                "b": ["no retrieval (LLM alone)", "retrieve.k=10"],
+                "diff": [0.21, -0.014],
+                "low": [0.15, -0.03],
+                "high": [0.27, 0.0],
+                "p": [0.001, 0.09],
+                "n": [n, n],
+                "wins": [25, 2],
+                "losses": [3, 6],
+            }
+        ),
+        contrast_cases=[
+            replace(
+                cases[1],
+                label="win of a over b: F1 1.00 vs 0.00 (+1.00)",
+                other={"config": "no retrieval (LLM alone)", "answer": IMG, "f1": 0.0},
+            )
+        ],
+        analysis=["Retrieval: MRR@10 0.612 (95% CI 0.520–0.700).", "Payload " + SCRIPT],
+        latencies_by_config=pd.DataFrame(
+            {
+                "query_id": list(per_query["query_id"]) * 2,
+                "latency_ms": rng.gamma(3.0, 4.0, size=2 * n),
+                "config": ["retrieve.k=10"] * n + ["retrieve.k=5"] * n,
+            }
+        ),
     )
     return replace(inputs, **overrides)
 
@@ -187,6 +232,11 @@ EMPTY = {
     "answer_quality": pd.DataFrame(columns=["metric", "value"]),
     "cases": [],
     "config_yaml": "",
+    "configurations": pd.DataFrame(),
+    "comparisons": pd.DataFrame(),
+    "contrast_cases": [],
+    "analysis": [],
+    "latencies_by_config": pd.DataFrame(),
 }
 
 
@@ -321,7 +371,7 @@ def page(report: Path) -> str:
 # ---------------------------------------------------------------- the file
 
 
-def test_report_is_one_html_file_with_the_five_sections(report: Path, page: str) -> None:
+def test_report_is_one_html_file_with_the_six_sections(report: Path, page: str) -> None:
     assert report.is_file() and report.name == "report.html"
     parsed = parse_page(page)
     assert parsed.tags[0][0] == "html"
@@ -362,13 +412,14 @@ def test_report_size_is_bokehjs_plus_little_data(page: str) -> None:
 
 def test_document_holds_the_expected_models(page: str) -> None:
     counts = model_counts(page)
-    # recall/precision@k, latency, reciprocal rank, document funnel, quarantine reasons, F1.
-    assert counts["Figure"] == 6
-    # lineage, data statistics, answer quality, per question.
-    assert counts["DataTable"] == 4
-    # headline, config, two subheadings, the case summary, three cases.
-    assert counts["Div"] == 8
-    assert counts["HoverTool"] == 6
+    # recall/precision@k, latency, reciprocal rank, document funnel, quarantine reasons, F1, quality vs latency,
+    # latency per configuration.
+    assert counts["Figure"] == 8
+    # lineage, data statistics, answer quality, per question, configurations, paired comparisons.
+    assert counts["DataTable"] == 6
+    # headline, analysis, config, five subheadings, the case summary, three cases, the contrast head and case.
+    assert counts["Div"] == 14
+    assert counts["HoverTool"] == 8
     assert counts["HTMLTemplateFormatter"] == 0
     assert counts["InlineStyleSheet"] == 1  # one sheet shared by every Div
     # The embedded JSON is a valid Bokeh document again on the Python side.
@@ -380,14 +431,16 @@ def test_document_holds_the_expected_models(page: str) -> None:
 def test_every_hover_names_the_run(inputs: ReportInputs) -> None:
     sections = build_sections(inputs)
     hovers = [h for layout in sections.values() for h in select(layout, HoverTool)]
-    assert len(hovers) == 6
+    assert len(hovers) == 8
     for hover in hovers:
         assert ("run", "@run_id") in hover.tooltips
         assert not any("{safe}" in value for _, value in hover.tooltips)
         assert isinstance(hover.renderers, list)
         for renderer in hover.renderers:
             assert isinstance(renderer, GlyphRenderer)
-            assert set(renderer.data_source.data["run_id"]) == {RUN_ID}
+            runs = set(renderer.data_source.data["run_id"])
+            # The quality-vs-latency scatter has one point per configuration, each with its own run.
+            assert runs == {RUN_ID} or ("config" in renderer.data_source.data and runs == {RUN_ID, OTHER_RUN})
 
 
 # ---------------------------------------------------------------- escaping
@@ -437,7 +490,7 @@ def test_escaped_text_still_reads_as_the_original(inputs: ReportInputs) -> None:
 
 def test_data_tables_render_cells_as_text(inputs: ReportInputs, page: str) -> None:
     tables = [t for layout in build_sections(inputs).values() for t in select(layout, DataTable)]
-    assert len(tables) == 4
+    assert len(tables) == 6
     for table in tables:
         for column in table.columns:
             assert type(column.formatter).__name__ in {"StringFormatter", "NumberFormatter"}, column.formatter
@@ -531,7 +584,7 @@ def test_no_cases_and_no_quarantine_still_make_a_report(tmp_path: Path) -> None:
     page = write_report(inputs, tmp_path / "report.html").read_text(encoding="utf-8")
     assert parse_page(page).h2 == HEADINGS
     counts = model_counts(page)
-    assert counts["Figure"] == 5 and counts["DataTable"] == 4
+    assert counts["Figure"] == 7 and counts["DataTable"] == 6
     assert "No case studies were selected for this run." in page
     assert "No records were quarantined in this run." in page
 
@@ -556,35 +609,35 @@ def test_reports_built_twice_share_no_models(inputs: ReportInputs) -> None:
 
 # ---------------------------------------------------------------- in a real browser
 
-# Counts canvases through shadow roots (BokehJS renders into them) and records whether the page was tampered with.
-_PROBE = """
-<script>
-window.alert = () => document.documentElement.setAttribute("data-alerted", "1");
-setTimeout(() => {
+XSS_SCRIPT = "<script>window.__xss=1</script>"
+XSS_IMG = '<img src=x onerror="window.__xss=2">'
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+# Counts canvases through shadow roots (BokehJS renders into them) and the Figure models of the Bokeh documents.
+_RENDERED = """(() => {
   let canvases = 0;
   const walk = (root) => root.querySelectorAll("*").forEach((el) => {
     if (el.tagName === "CANVAS") canvases++;
     if (el.shadowRoot) walk(el.shadowRoot);
   });
   walk(document);
-  document.body.setAttribute("data-canvases", String(canvases));
-  document.body.setAttribute("data-done", "1");
-}, 4000);
-</script>
-"""
+  const docs = (window.Bokeh && window.Bokeh.documents) || [];
+  let figures = 0, roots = 0;
+  for (const d of docs) {
+    roots += d.roots().length;
+    for (const m of d._all_models.values()) if (m.type === "Figure") figures++;
+  }
+  return JSON.stringify({canvases, figures, roots, docs: docs.length, xss: typeof window.__xss});
+})()"""
 
 
-@pytest.mark.slow
-def test_report_renders_in_headless_chromium(page: str, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed")
-    # The probe replaces window.alert first, so a payload that ran would leave data-alerted on <html>.
-    probed = page.replace("<head>", "<head>" + _PROBE, 1)
-    target = tmp_path / "probed.html"
-    target.write_text(probed, encoding="utf-8")
-    with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
+class DevTools:
+    """A headless Debian Chromium driven over the Chrome DevTools protocol (one page, flat sessions)."""
+
+    def __init__(self, chromium: str, profile: str) -> None:
+        from websockets.sync.client import connect
+
+        self.proc = subprocess.Popen(
             [
                 chromium,
                 "--headless",
@@ -594,19 +647,162 @@ def test_report_renders_in_headless_chromium(page: str, tmp_path: Path) -> None:
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
                 f"--user-data-dir={profile}",
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-                target.as_uri(),
+                "about:blank",
             ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    dom = result.stdout
-    assert 'data-done="1"' in dom, result.stderr[-2000:]
-    canvases = int(re.search(r'data-canvases="(\d+)"', dom).group(1))  # type: ignore[union-attr]
-    assert canvases >= 6  # at least one canvas per figure
-    assert 'data-alerted="1"' not in dom  # the probe's own source mentions the attribute name
-    assert '<img src="x"' not in dom and "<img src=x" not in dom
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.is_file() and len(port_file.read_text().splitlines()) >= 2):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not open its DevTools port within 30 s")
+            time.sleep(0.1)
+        port, path = port_file.read_text().splitlines()[:2]
+        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def call(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = self.session
+        self.ws.send(json.dumps(msg))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def page(self, method: str, **params: Any) -> dict[str, Any]:
+        return self.call(method, session=True, **params)
+
+    def evaluate(self, expression: str) -> Any:
+        return self.page("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and error log entries seen so far."""
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(str(p.get("exceptionDetails", {}).get("exception", {}).get("description", p)))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(str(p["entry"].get("text")))
+        return out
+
+    def close(self) -> None:
+        ws = getattr(self, "ws", None)
+        if ws is not None:
+            ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _xss_inputs() -> ReportInputs:
+    """The synthetic run with payloads that set window.__xss if they ever run, in every data text."""
+    base = make_inputs()
+    cases = [
+        replace(
+            c,
+            question=XSS_SCRIPT + c.question,
+            answer=XSS_IMG + c.answer,
+            retrieved=[{**r, "text": XSS_SCRIPT + XSS_IMG + str(r["text"])} for r in c.retrieved],
+            label=XSS_IMG,
+            other={"config": XSS_SCRIPT, "answer": XSS_IMG, "f1": 0.5},
+        )
+        for c in base.cases
+    ]
+    per_query = base.per_query.copy()
+    per_query.loc[0, "question"] = XSS_SCRIPT + XSS_IMG
+    return replace(
+        base,
+        cases=cases,
+        contrast_cases=cases[:1],
+        per_query=per_query,
+        config_yaml=base.config_yaml + f"# {XSS_SCRIPT}{XSS_IMG}\n",
+        analysis=[f"Payload {XSS_SCRIPT} {XSS_IMG}"],
+    )
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed: `make browser` installs Debian's chromium (as root)")
+    pytest.importorskip("websockets", reason="websockets drives chromium over DevTools: pip install websockets")
+    report = write_report(_xss_inputs(), tmp_path / "report.html")
+    with tempfile.TemporaryDirectory() as profile:
+        browser = DevTools(chromium, profile)
+        try:
+            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+                browser.page(domain)
+            browser.page("Page.navigate", url=report.as_uri())
+            state: dict[str, Any] = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                state = json.loads(browser.evaluate(_RENDERED) or "{}")
+                if state.get("docs") and state["canvases"] >= state["figures"] > 0:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)  # let late errors arrive
+            state = json.loads(browser.evaluate(_RENDERED))
+            shot = base64.b64decode(browser.page("Page.captureScreenshot", format="png")["data"])
+            errors = browser.errors()
+        finally:
+            browser.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "report.png").write_bytes(shot)
+    print(f"screenshot: {ARTIFACTS / 'report.png'}")
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
+    assert errors == []
+    assert state["docs"] == 1 and state["roots"] == len(SECTIONS)
+    assert state["figures"] >= 8  # every chart became a Figure view with its canvas
+    assert state["canvases"] >= state["figures"]
+    assert state["xss"] == "undefined"  # neither payload ran
+
+
+def test_configurations_section_compares_runs(inputs: ReportInputs) -> None:
+    section = build_sections(inputs)["configurations"]
+    (table,) = [t for t in select(section, DataTable) if t.name == "configurations"]
+    assert table.sortable and [c.title for c in table.columns][:4] == ["configuration", "MRR@10", "MRR low", "MRR high"]
+    (comparisons,) = [t for t in select(section, DataTable) if t.name == "comparisons"]
+    assert "p (permutation)" in [c.title for c in comparisons.columns]
+    scatter = next(f for f in select(section, figure) if "Quality vs latency" in f.title.text)
+    (hover,) = select(scatter, HoverTool)
+    assert ("config", "@config") in hover.tooltips
+    (dots,) = hover.renderers
+    assert list(dots.data_source.data["config"]) == ["retrieve.k=10", "retrieve.k=5," + SCRIPT]  # text, not HTML
+    assert list(dots.data_source.data["low"]) == [0.52, 0.50]
+    ecdf = next(f for f in select(section, figure) if "cumulative" in f.title.text)
+    assert len(select(ecdf, HoverTool)[0].renderers) == 2  # one line per configuration
+    contrast = [d.text for d in select(section, Div) if d.name and d.name.startswith("case:")]
+    assert len(contrast) == 1 and "Answer under no retrieval (LLM alone)" in contrast[0]
+    assert html.escape(IMG) in contrast[0] and "win of a over b" in contrast[0]
+    analysis = next(d.text for d in select(build_sections(inputs)["overview"], Div) if d.name == "analysis")
+    assert "MRR@10 0.612 (95% CI 0.520–0.700)" in analysis and html.escape(SCRIPT) in analysis
+
+
+def test_headline_cards_show_intervals() -> None:
+    inputs = make_inputs(
+        headline={
+            "retrieval": {"mrr@10": 0.5, "mrr@10_ci95": [0.41, 0.59]},
+            "answers": {"f1": None, "f1_ci95": [None, None]},
+        }
+    )
+    text = next(d.text for d in select(build_sections(inputs)["overview"], Div) if d.name == "headline")
+    assert "95% CI 0.410 – 0.590" in text and "Answer F1" not in text  # no card for an unmeasured metric

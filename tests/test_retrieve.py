@@ -37,7 +37,7 @@ def test_french_analyzer_strips_accents_stopwords_and_stems() -> None:
     assert a.terms("Système") == a.terms("systeme")
     assert "les" not in a.terms("Les paquets") and a.terms("Les paquets") == a.terms("paquet")
     assert Analyzer("none").terms("Les Paquets") == ["les", "paquets"]
-    with pytest.raises(ValueError, match="retrieve.bm25.language='xx'"):
+    with pytest.raises(ValueError, match=r"retrieve\.bm25\.language='xx'"):
         Analyzer("xx")
 
 
@@ -115,10 +115,10 @@ class _Fixed:
 
 
 def test_every_retriever_returns_the_same_shape(encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import faiss
+
     from rag_spark.index.manifest import Manifest, ShardInfo, publish, sha256_file
     from rag_spark.index.search import ShardedIndex
-
-    import faiss
 
     vecs = encoder.encode_passages(FR)
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))

@@ -8,15 +8,16 @@ from typing import Any
 import ir_measures
 import numpy as np
 import pandas as pd
-from ir_measures import RR, P, R, nDCG
+from ir_measures import RR, P, R, Success, nDCG
 
 
 def measure_names(ks: list[int], ndcg_k: int) -> dict[str, Any]:
-    """Our metric names -> ir-measures measures."""
+    """Our metric names -> ir-measures measures (hit_rate@k is `Success@k`: a relevant document in the top k)."""
     names: dict[str, Any] = {f"mrr@{max(ks)}": RR @ max(ks), f"ndcg@{ndcg_k}": nDCG @ ndcg_k}
     for k in ks:
         names[f"recall@{k}"] = R @ k
         names[f"precision@{k}"] = P @ k
+        names[f"hit_rate@{k}"] = Success @ k
     return names
 
 

@@ -3,18 +3,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from rag_spark import schema as S
-from rag_spark.evaluate.answers import exact_match, is_abstention, token_f1
+from rag_spark.evaluate.answers import (
+    citation_correct,
+    exact_match,
+    groundedness,
+    is_abstention,
+    rouge_l,
+    strip_citations,
+    token_f1,
+)
 from rag_spark.evaluate.retrieval import latency_percentiles, per_query_metrics
+from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
     from rag_spark.pipeline import Pipeline, StageResult
+
+
+def to_pandas(df: DataFrame) -> pd.DataFrame:
+    """A small Spark result as pandas (pyspark's stubs type `toPandas` loosely)."""
+    return cast(pd.DataFrame, df.toPandas())
 
 
 def effective_qrels(qrels: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +77,7 @@ def _counts(p: Pipeline, inputs: dict[str, int]) -> dict[str, int]:
 
 def _timings(p: Pipeline) -> dict[str, float]:
     """Seconds of each stage's latest run under the current configuration (from the lineage table)."""
-    lineage = p.lake.read(S.LINEAGE).select("stage", "config_hash", "seconds", "finished_at").toPandas()
+    lineage = to_pandas(p.lake.read(S.LINEAGE).select("stage", "config_hash", "seconds", "finished_at"))
     out: dict[str, float] = {}
     for stage, rows in lineage.groupby("stage"):
         rows = rows[rows["config_hash"] == p.cfg.stage_hash(str(stage))]
@@ -76,82 +93,274 @@ def _json_number(v: float | int) -> float | int | None:
     return v
 
 
+# Answer metrics that get a 95% interval (each a mean over questions of the eval_details column of that name).
+ANSWER_HEADLINE = (
+    "f1",
+    "em",
+    "rouge_l",
+    "abstention_rate",
+    "citation_rate",
+    "citation_accuracy",
+    "groundedness",
+    "idk_rate_unanswerable",
+    "f1_no_retrieval",
+    "em_no_retrieval",
+    "rouge_l_no_retrieval",
+)
+
+
+def score_answers(
+    gold: pd.DataFrame,
+    answers: pd.DataFrame,
+    contexts: pd.DataFrame,
+    relevant: dict[str, set[str]],
+    retrieved: dict[str, list[str]],
+    language: str,
+) -> pd.DataFrame:
+    """Per-question answer metrics of one configuration (one row per answered question).
+
+    Args:
+        gold: query_id, answer (gold answers; questions without one get NaN for f1/em/rouge_l).
+        answers: query_id, answer, cited_chunk_ids, context_chunk_ids.
+        contexts: query_id, chunk_id, doc_id, text: the chunks each question's prompt held.
+        relevant: query_id -> judged relevant doc ids (duplicates resolved).
+        retrieved: query_id -> chunk ids of its retrievals.
+        language: Answer language (normalization, abstention phrase).
+
+    F1, EM and ROUGE-L score the answer without its `[n]` citation marks (references, not content).
+
+    Returns:
+        query_id, f1, em, rouge_l, abstained, cited, citation_correct, groundedness (NaN where undefined).
+    """
+    cols = ["query_id", "f1", "em", "rouge_l", "abstained", "cited", "citation_correct", "groundedness"]
+    if not len(answers):
+        return pd.DataFrame(columns=cols)
+    gold_of = dict(zip(gold["query_id"], gold["answer"], strict=True))
+    by_q = {q: g for q, g in contexts.groupby("query_id")} if len(contexts) else {}
+    rows = []
+    for qid, answer, cited in zip(answers["query_id"], answers["answer"], answers["cited_chunk_ids"], strict=True):
+        cited_ids = [str(c) for c in (cited if cited is not None else [])]
+        ctx = by_q.get(qid)
+        ctx_texts = list(ctx["text"]) if ctx is not None else []
+        gold_chunks = (
+            {c for c, d in zip(ctx["chunk_id"], ctx["doc_id"], strict=True) if d in relevant.get(qid, set())}
+            if ctx is not None
+            else set()
+        )
+        ref = gold_of.get(qid)
+        has_gold = isinstance(ref, str) and bool(ref.strip())
+        in_context = list(ctx["chunk_id"]) if ctx is not None else []
+        text = strip_citations(answer)
+        rows.append(
+            (
+                qid,
+                token_f1(text, str(ref), language) if has_gold else np.nan,
+                exact_match(text, str(ref), language) if has_gold else np.nan,
+                rouge_l(text, str(ref), language) if has_gold else np.nan,
+                float(is_abstention(answer, language)),
+                float(bool(cited_ids)),
+                citation_correct(cited_ids, retrieved.get(qid, []) + in_context, gold_chunks),
+                groundedness(answer, ctx_texts, language),
+            )
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _nanmean(values: pd.Series | np.ndarray) -> float:
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _contexts(p: Pipeline, gh: str) -> pd.DataFrame:
+    """query_id, chunk_id, doc_id, text of every chunk in the prompts of this configuration's answers."""
+    if not p.lake.exists(S.ANSWERS):
+        return pd.DataFrame(columns=["query_id", "chunk_id", "doc_id", "text"])
+    used = (
+        p.lake.read(S.ANSWERS)
+        .where(F.col("config_hash") == gh)
+        .select("query_id", F.explode("context_chunk_ids").alias("chunk_id"))
+    )
+    chunks = p.lake.read(S.CHUNKS).select(
+        "chunk_id", "doc_id", F.concat_ws("\n", F.coalesce("title", F.lit("")), "text").alias("text")
+    )
+    return to_pandas(used.join(chunks, "chunk_id").select("query_id", "chunk_id", "doc_id", "text"))
+
+
 def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
-    """Scores retrieval and answers of the current configuration; writes metrics/eval_details."""
+    """Scores retrieval and answers of the current configuration, with 95% bootstrap intervals over questions;
+    writes `metrics`, `eval_details` and a `runs` row, and returns the metrics.json summary."""
     cfg, lake = p.cfg, p.lake
     ecfg = cfg.evaluate
+    boot: dict[str, Any] = {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed}
     rh, gh, eh = cfg.stage_hash("retrieve"), cfg.stage_hash("generate"), cfg.stage_hash("evaluate")
-    retrievals = p._read(S.RETRIEVALS, res.inputs).where(F.col("config_hash") == rh).toPandas()
-    qrels = p._read(S.QRELS, res.inputs).toPandas()
-    dups = lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    gold = lake.read(S.GOLD_ANSWERS).toPandas()
-    answers = (
-        lake.read(S.ANSWERS).where(F.col("config_hash") == gh).toPandas()
+    retrievals = to_pandas(p._read(S.RETRIEVALS, res.inputs).where(F.col("config_hash") == rh))
+    qrels = to_pandas(p._read(S.QRELS, res.inputs))
+    queries = to_pandas(p._read(S.QUERIES, res.inputs).select("query_id"))
+    dups = to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of"))
+    gold = to_pandas(lake.read(S.GOLD_ANSWERS))
+    answer_cols = ["query_id", "answer", "cited_chunk_ids", "context_chunk_ids", "tokens_out", "config_hash"]
+    all_answers = (
+        to_pandas(lake.read(S.ANSWERS).where(F.col("config_hash").isin(gh, cfg.baseline_hash)).select(*answer_cols))
         if lake.exists(S.ANSWERS)
-        else pd.DataFrame(columns=["query_id", "answer", "cited_chunk_ids", "context_chunk_ids", "tokens_out"])
+        else pd.DataFrame(columns=answer_cols)
     )
+    answers = all_answers[all_answers["config_hash"] == gh]
+    baseline = all_answers[all_answers["config_hash"] == cfg.baseline_hash]
     if lake.exists(S.ANSWERS):
         res.inputs["answers"] = lake.version(S.ANSWERS) or 0
 
     # Retrieval, over every judged question (a question with nothing retrieved scores 0).
-    per_q = per_query_metrics(effective_qrels(qrels, dups), retrievals, ecfg.ks, ecfg.ndcg_k)
-    lat = retrievals.groupby("query_id")["latency_ms"].first().to_numpy() if len(retrievals) else np.array([])
-    retrieval: dict[str, float] = {
-        name: float(per_q[name].mean()) if len(per_q) else 0.0 for name in per_q.columns if name != "query_id"
-    }
-    retrieval.update(latency_percentiles(lat))
-
-    # Answers, over every question with a gold answer that was answered.
-    lang = cfg.generate.language
-    scored = gold.merge(answers[["query_id", "answer"]].rename(columns={"answer": "prediction"}), on="query_id")
-    scored["f1"] = [token_f1(a, g, lang) for a, g in zip(scored["prediction"], scored["answer"], strict=True)]
-    scored["em"] = [exact_match(a, g, lang) for a, g in zip(scored["prediction"], scored["answer"], strict=True)]
-    scored["abstained"] = [float(is_abstention(a, lang)) for a in scored["prediction"]]
-    cited = (
-        answers["cited_chunk_ids"].map(lambda c: len(c) > 0).astype(float)
-        if len(answers)
-        else pd.Series([], dtype=float)
+    eq = effective_qrels(qrels, dups)
+    per_q = per_query_metrics(eq, retrievals, ecfg.ks, ecfg.ndcg_k)
+    lat = (
+        retrievals.groupby("query_id", as_index=False)["latency_ms"].first()
+        if len(retrievals)
+        else pd.DataFrame(columns=["query_id", "latency_ms"])
     )
-    answer_m = {
-        "f1": float(scored["f1"].mean()) if len(scored) else float("nan"),
-        "em": float(scored["em"].mean()) if len(scored) else float("nan"),
+    retrieval: dict[str, Any] = {}
+    for name in per_q.columns.drop("query_id"):
+        retrieval[name] = float(per_q[name].mean()) if len(per_q) else 0.0
+        retrieval[f"{name}_ci95"] = list(bootstrap_ci(per_q[name].to_numpy(), **boot))
+    lat_ms = lat["latency_ms"].to_numpy(dtype=float)
+    retrieval.update(latency_percentiles(lat_ms))
+    for q in (50, 95, 99):
+        retrieval[f"latency_ms_p{q}_ci95"] = list(
+            bootstrap_ci(lat_ms, statistic=lambda x, axis=-1, q=q: np.percentile(x, q, axis=axis), **boot)
+        )
+
+    # Answers.
+    lang = cfg.generate.language
+    relevant = eq[eq["score"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
+    retrieved = retrievals.groupby("query_id")["chunk_id"].apply(list).to_dict() if len(retrievals) else {}
+    contexts = _contexts(p, gh) if len(answers) else pd.DataFrame(columns=["query_id", "chunk_id", "doc_id", "text"])
+    scored = score_answers(gold, answers, contexts, relevant, retrieved, lang)
+    base = score_answers(gold, baseline, pd.DataFrame(), relevant, {}, lang)
+    has_gold = set(gold["query_id"])
+    unanswerable = set(queries["query_id"]) - set(relevant) - has_gold
+    answerable = scored[scored["query_id"].isin(has_gold)]
+    per_answer = scored.set_index("query_id")
+    details = pd.DataFrame({"query_id": sorted(set(scored["query_id"]) | set(base["query_id"]))}).set_index("query_id")
+    for col in ("f1", "em", "rouge_l", "cited", "citation_correct", "groundedness"):
+        details[col] = per_answer[col] if len(per_answer) else np.nan
+    # Abstention is scored on answerable questions; "I don't know" on unanswerable ones is the right answer.
+    details["abstained"] = per_answer["abstained"].where(per_answer.index.isin(has_gold)) if len(per_answer) else np.nan
+    details["idk_unanswerable"] = (
+        per_answer["abstained"].where(per_answer.index.isin(unanswerable)) if len(per_answer) else np.nan
+    )
+    b = base.set_index("query_id")
+    for col in ("f1", "em", "rouge_l"):
+        details[f"{col}_no_retrieval"] = b[col] if len(b) else np.nan
+    details["abstained_no_retrieval"] = b["abstained"] if len(b) else np.nan
+    details = details.reset_index()
+
+    metric_of = {
+        "f1": "f1",
+        "em": "em",
+        "rouge_l": "rouge_l",
+        "abstention_rate": "abstained",
+        "citation_rate": "cited",
+        "citation_accuracy": "citation_correct",
+        "groundedness": "groundedness",
+        "idk_rate_unanswerable": "idk_unanswerable",
+        "f1_no_retrieval": "f1_no_retrieval",
+        "em_no_retrieval": "em_no_retrieval",
+        "rouge_l_no_retrieval": "rouge_l_no_retrieval",
+    }
+    answer_m: dict[str, Any] = {}
+    for name in ANSWER_HEADLINE:
+        values = details[metric_of[name]].to_numpy(dtype=float) if len(details) else np.array([])
+        answer_m[name] = _nanmean(values)
+        answer_m[f"{name}_ci95"] = list(bootstrap_ci(values, **boot))
+    answer_m |= {
         "answered": len(answers),
-        "abstention_rate": float(scored["abstained"].mean()) if len(scored) else float("nan"),
-        "citation_rate": float(cited.mean()) if len(cited) else float("nan"),
+        "scored": len(answerable),
+        "citing": int(scored["cited"].sum()) if len(scored) else 0,
+        "unanswerable": len(unanswerable),
+        "answered_no_retrieval": len(baseline),
+        "abstention_rate_no_retrieval": _nanmean(details["abstained_no_retrieval"]) if len(details) else float("nan"),
         "tokens_out_mean": float(answers["tokens_out"].mean()) if len(answers) else float("nan"),
     }
+    comparisons: dict[str, Any] = {}
+    if len(baseline) and len(answers):
+        for name in ("f1", "rouge_l"):
+            comparisons[f"{name}: retrieval - no_retrieval"] = paired_comparison(
+                details[name].to_numpy(dtype=float), details[f"{name}_no_retrieval"].to_numpy(dtype=float), **boot
+            ).as_dict()
 
     counts = _counts(p, res.inputs)
     summary: dict[str, Any] = {
         "run_id": p.run_id,
         "config_hash": cfg.config_hash,
-        "retrieval": {k: _json_number(v) for k, v in retrieval.items()},
-        "answers": {k: _json_number(v) for k, v in answer_m.items()},
+        "retrieval": {k: _json_value(v) for k, v in retrieval.items()},
+        "answers": {k: _json_value(v) for k, v in answer_m.items()},
+        "comparisons": {k: {m: _json_value(v) for m, v in c.items()} for k, c in comparisons.items()},
         "counts": counts,
         "timings_s": _timings(p),
+        "bootstrap": {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed, "level": 0.95, "unit": "question"},
     }
 
-    metric_rows = [
-        (p.run_id, eh, scope, name, None if v is None else float(v))
-        for scope in ("retrieval", "answers", "counts", "timings_s")
-        for name, v in summary[scope].items()
+    detail = per_q.merge(lat, on="query_id", how="outer").merge(details, on="query_id", how="outer")
+    detail = detail.melt(id_vars="query_id", var_name="metric", value_name="value")
+    detail_rows = [
+        (p.run_id, eh, str(q), str(m), None if pd.isna(v) else float(v)) for q, m, v in detail.itertuples(index=False)
     ]
-    detail = per_q.melt(id_vars="query_id", var_name="metric", value_name="value")
-    if len(scored):
-        detail = pd.concat(
-            [detail, scored[["query_id", "f1", "em"]].melt(id_vars="query_id", var_name="metric", value_name="value")]
-        )
-    detail_rows = [(p.run_id, eh, str(q), str(m), float(v)) for q, m, v in detail.itertuples(index=False)]
     spark = p.spark
     meta = p._meta("evaluate", res.inputs)
-    res.outputs["metrics"] = lake.merge(S.METRICS, spark.createDataFrame(metric_rows, S.METRICS.schema), meta=meta)
+    res.outputs["metrics"] = lake.merge(
+        S.METRICS, spark.createDataFrame(metric_rows(p.run_id, eh, summary), S.METRICS.schema), meta=meta
+    )
     res.outputs["eval_details"] = lake.merge(
         S.EVAL_DETAILS, spark.createDataFrame(detail_rows, S.EVAL_DETAILS.schema), meta=meta
     )
     summary["lineage"] = {
         "config_hashes": {
             s: cfg.stage_hash(s) for s in ("ingest", "clean", "chunk", "embed", "index", "retrieve", "generate")
-        },
+        }
+        | {"no_retrieval_baseline": cfg.baseline_hash},
         "inputs": res.inputs,
     }
     return summary
+
+
+def record_run(p: Pipeline, summary: dict[str, Any], meta: dict[str, Any]) -> int:
+    """Writes this run's `runs` row (configuration + summary), what `rag-spark report --run` reads back."""
+    row = [
+        (
+            p.run_id,
+            p.cfg.config_hash,
+            p.cfg.to_yaml(),
+            json.dumps(summary, sort_keys=True, allow_nan=False),
+            p.sweep_id,
+            p.variant,
+            datetime.now(UTC).replace(tzinfo=None),
+        )
+    ]
+    return p.lake.merge(S.RUNS, p.spark.createDataFrame(row, S.RUNS.schema), meta=meta)
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return [_json_number(float(x)) for x in v]
+    return _json_number(v)
+
+
+def metric_rows(run_id: str, eh: str, summary: dict[str, Any]) -> list[tuple[str, str, str, str, float | None]]:
+    """metrics.json groups as rows of the `metrics` table; an interval `x_ci95` becomes x_ci95_low / x_ci95_high,
+    a comparison `{diff, ci95, p, ...}` one row per field (`<comparison>:<field>`)."""
+    rows: list[tuple[str, str, str, str, float | None]] = []
+
+    def add(scope: str, name: str, v: Any) -> None:
+        if isinstance(v, list):
+            add(scope, f"{name}_low", v[0])
+            add(scope, f"{name}_high", v[1])
+        else:
+            rows.append((run_id, eh, scope, name, None if v is None else float(v)))
+
+    for scope in ("retrieval", "answers", "counts", "timings_s"):
+        for name, v in summary[scope].items():
+            add(scope, name, v)
+    for comp, fields in summary.get("comparisons", {}).items():
+        for f, v in fields.items():
+            add("comparisons", f"{comp}:{f}", v)
+    return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -32,7 +33,7 @@ def bootstrap_ci(
     samples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    statistic: Callable[..., np.ndarray] = _mean,
+    statistic: Callable[..., Any] = _mean,
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean (or another `statistic`) of `values` (NaN values are ignored).
 

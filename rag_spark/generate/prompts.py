@@ -53,6 +53,18 @@ _TEMPLATES: dict[str, dict[str, str]] = {
     },
 }
 
+# The no-retrieval baseline: the same generator, no context, allowed to answer from what it knows.
+_NO_RETRIEVAL: dict[str, str] = {
+    "fr": (
+        "Tu es un assistant qui répond aux questions. Réponds brièvement, en français (la langue de la question), "
+        "avec tes propres connaissances. Si tu ne connais pas la réponse, réponds exactement : Je ne sais pas."
+    ),
+    "en": (
+        "You are an assistant that answers questions. Answer briefly, in English (the language of the question), "
+        "from your own knowledge. If you do not know the answer, answer exactly: I don't know."
+    ),
+}
+
 _CHUNK_SEP = "\n\n"
 CONTEXT_OPEN, CONTEXT_CLOSE = "<context>", "</context>"
 _CONTEXT_TAG = re.compile(r"<\s*(/?)\s*context\s*>", re.IGNORECASE)
@@ -152,7 +164,8 @@ def build_prompt(
 
     Args:
         question: The user's question.
-        contexts: (chunk_id, text) pairs, best first; at most `cfg.context_chunks` are considered.
+        contexts: (chunk_id, text) pairs, best first; at most `cfg.context_chunks` are considered (none with
+            `cfg.no_retrieval`: the baseline prompt asks the model to answer from its own knowledge).
         tokenizer: The model's Hugging Face tokenizer; its chat template renders the messages.
         cfg: Generation settings (`context_chunks`, `max_context_tokens`, `language`).
         language: Template language; None uses `cfg.language`.
@@ -162,6 +175,13 @@ def build_prompt(
     """
     lang = language or cfg.language
     t = _TEMPLATES[lang]
+    if cfg.no_retrieval:
+        messages = [
+            {"role": "system", "content": _NO_RETRIEVAL[lang]},
+            {"role": "user", "content": f"{t['question']} {' '.join(question.split())}"},
+        ]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return PromptBuild(prompt, hashlib.sha256(prompt.encode("utf-8")).hexdigest(), (), 0, False)
     block, ids, truncated = pack_context(list(contexts)[: cfg.context_chunks], tokenizer, cfg.max_context_tokens)
     context_part = f"{t['context']}\n{CONTEXT_OPEN}\n{block}\n{CONTEXT_CLOSE}" if block else t["no_context"]
     messages = [

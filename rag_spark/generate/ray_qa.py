@@ -135,7 +135,8 @@ class AnswerBatch:
             builds.append(build_prompt(str(question), contexts, tokenizer, self.cfg))
         # Without any context the template's answer is "I don't know": give it without asking the model, which
         # (at 135M-0.5B parameters) tends to answer from memory instead. tokens_out 0 marks these rows.
-        abstain = [self.cfg.abstain_without_context and not b.included_ids for b in builds]
+        may_skip = self.cfg.abstain_without_context and not self.cfg.no_retrieval
+        abstain = [may_skip and not b.included_ids for b in builds]
         asked = [b.prompt for b, skip in zip(builds, abstain, strict=True) if not skip]
         answered = iter(generator.generate(asked))
         no_answer = NO_ANSWER[self.cfg.language]

@@ -77,12 +77,20 @@ def case_study_markup(case: CaseStudy, *, max_chunk_chars: int = MAX_CHUNK_CHARS
         '<div class="case">',
         f'<h3>{esc(case.query_id)} <span class="verdict {verdict_class}">{esc(case.verdict)}</span>',
         f" F1 {_score(case.f1)}</h3>",
+        f'<p class="note">{esc(case.label)}</p>' if case.label else "",
         "<dl>",
         f"<dt>Question</dt><dd>{esc(case.question)}</dd>",
         f"<dt>Gold answer</dt><dd>{esc(case.gold_answer)}</dd>",
         f"<dt>Generated answer</dt><dd>{answer}</dd>",
         f"<dt>Cited chunks</dt><dd>{cited_ids}</dd>",
     ]
+    if case.other:
+        other_answer = str(case.other.get("answer", "") or "")
+        shown = esc(other_answer) if other_answer.strip() else '<span class="note">(no answer)</span>'
+        parts.append(
+            f"<dt>Answer under {esc(case.other.get('config', 'the other configuration'))}</dt>"
+            f"<dd>{shown} (F1 {_score(case.other.get('f1'))})</dd>"
+        )
     if not_retrieved:
         parts.append("<dt>Cited, not retrieved</dt><dd>" + ", ".join(esc(c) for c in not_retrieved) + "</dd>")
     parts.append("</dl>")
@@ -103,6 +111,17 @@ def case_study_markup(case: CaseStudy, *, max_chunk_chars: int = MAX_CHUNK_CHARS
 def case_study_div(case: CaseStudy, *, max_chunk_chars: int = MAX_CHUNK_CHARS) -> Div:
     """One case study as a `Div` (see `case_study_markup`)."""
     return html_div(case_study_markup(case, max_chunk_chars=max_chunk_chars), name=f"case:{case.query_id}")
+
+
+def contrast_divs(cases: list[CaseStudy], *, max_chunk_chars: int = MAX_CHUNK_CHARS) -> list[Div]:
+    """The biggest wins and losses between two configurations, one `Div` each (see `case_study_markup`)."""
+    if not cases:
+        return [note("No second configuration to contrast with.")]
+    head = html_div(
+        "<p>Questions where the two configurations differ most, question by question: the answer above is the "
+        "first configuration's, the one compared with follows it.</p>"
+    )
+    return [head] + [case_study_div(c, max_chunk_chars=max_chunk_chars) for c in cases]
 
 
 def case_study_divs(cases: list[CaseStudy], *, max_chunk_chars: int = MAX_CHUNK_CHARS) -> list[Div]:

@@ -333,3 +333,103 @@ def f1_histogram(per_query: pd.DataFrame, run_id: str, *, bins: int = 10) -> fig
         )
     )
     return p
+
+
+def latency_ecdf(latencies_ms: pd.DataFrame, run_id: str) -> figure | Div:
+    """Cumulative distribution of per-question retrieval latency, one line per configuration ("config" column).
+
+    Reads: the share of questions answered within x ms; a line further left is faster everywhere.
+    """
+    values = _numeric(latencies_ms, "latency_ms")
+    if values.size == 0:
+        return note("No retrieval latencies were recorded.")
+    df = latencies_ms.copy()
+    df["latency_ms"] = pd.to_numeric(df["latency_ms"], errors="coerce")
+    df = df.dropna(subset=["latency_ms"])
+    configs = df["config"].astype(str) if "config" in df.columns else pd.Series("this run", index=df.index)
+    p = _figure(
+        "Retrieval latency distribution per configuration (cumulative)",
+        x_axis_label="latency (ms)",
+        y_axis_label="share of questions",
+        y_range=Range1d(start=0, end=1.02),
+    )
+    lines: list[DataRenderer] = []
+    for name, color in zip(list(dict.fromkeys(configs)), cycle(Category10_10), strict=False):
+        lat = np.sort(df.loc[configs == name, "latency_ms"].to_numpy(dtype=float))
+        source = ColumnDataSource(
+            data={
+                "latency": lat,
+                "share": np.arange(1, lat.size + 1) / lat.size,
+                "config": [name] * lat.size,
+                "run_id": [run_id] * lat.size,
+            }
+        )
+        lines.append(
+            p.step("latency", "share", source=source, mode="after", color=color, line_width=2, legend_label=name)
+        )
+    p.add_tools(
+        HoverTool(
+            renderers=lines,
+            tooltips=[
+                ("config", "@config"),
+                ("latency", "@latency{0.0} ms"),
+                ("share", "@share{0.0%}"),
+                ("run", "@run_id"),
+            ],
+        )
+    )
+    p.legend.location = "bottom_right"
+    p.legend.click_policy = "hide"
+    return p
+
+
+def quality_latency_scatter(configurations: pd.DataFrame, run_id: str, *, quality: str = "mrr") -> figure | Div:
+    """One point per configuration: retrieval quality (with its 95% interval) against p50 latency.
+
+    Args:
+        configurations: variant, `quality`, `<quality>_low`, `<quality>_high`, latency_ms_p50, and whatever else
+            the hover shows (f1, recall@10, run_id).
+        run_id: The report's run (configurations carry their own run ids).
+        quality: Column drawn on the y axis.
+    """
+    if not has_columns(configurations, ["variant", quality, "latency_ms_p50"]):
+        return note("No configurations to compare.")
+    df = configurations.copy()
+    y = pd.to_numeric(df[quality], errors="coerce").to_numpy(dtype=float)
+    x = pd.to_numeric(df["latency_ms_p50"], errors="coerce").to_numpy(dtype=float)
+    low = pd.to_numeric(df.get(f"{quality}_low", pd.Series(y)), errors="coerce").to_numpy(dtype=float)
+    high = pd.to_numeric(df.get(f"{quality}_high", pd.Series(y)), errors="coerce").to_numpy(dtype=float)
+    f1 = pd.to_numeric(df.get("f1", pd.Series([np.nan] * len(df))), errors="coerce").to_numpy(dtype=float)
+    source = ColumnDataSource(
+        data={
+            "x": x,
+            "y": y,
+            "low": low,
+            "high": high,
+            "f1": f1,
+            "config": df["variant"].astype(str).tolist(),
+            "run_id": df["run_id"].astype(str).tolist() if "run_id" in df.columns else [run_id] * len(df),
+            "color": [c for c, _ in zip(cycle(Category10_10), range(len(df)), strict=False)],
+        }
+    )
+    p = _figure(
+        f"Quality vs latency per configuration ({quality.upper()} with 95% interval)",
+        x_axis_label="retrieval latency p50 (ms)",
+        y_axis_label=quality,
+        y_range=Range1d(start=0, end=1.02),
+    )
+    p.segment(x0="x", x1="x", y0="low", y1="high", source=source, color="color", line_width=2)
+    dots = p.scatter("x", "y", source=source, color="color", size=11)
+    p.add_tools(
+        HoverTool(
+            renderers=[dots],
+            tooltips=[
+                ("config", "@config"),
+                (quality, "@y{0.000} [@low{0.000}, @high{0.000}]"),
+                ("answer F1", "@f1{0.000}"),
+                ("p50 latency", "@x{0.0} ms"),
+                ("run", "@run_id"),
+            ],
+        )
+    )
+    return p

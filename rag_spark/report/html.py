@@ -18,11 +18,13 @@ from bokeh.models import InlineStyleSheet, LayoutDOM
 from bokeh.models.widgets import Div
 from bokeh.resources import INLINE
 
-from rag_spark.report.cases import case_study_divs
+from rag_spark.report.cases import case_study_divs, contrast_divs
 from rag_spark.report.figures import (
     f1_histogram,
     funnel_bars,
+    latency_ecdf,
     latency_histogram,
+    quality_latency_scatter,
     quarantine_bars,
     reciprocal_rank_bars,
     retrieval_curve,
@@ -30,8 +32,11 @@ from rag_spark.report.figures import (
 from rag_spark.report.inputs import ReportInputs
 from rag_spark.report.tables import (
     CSS,
+    analysis_div,
     answer_quality_table,
+    comparisons_table,
     config_div,
+    configurations_table,
     data_stats_table,
     esc,
     headline_div,
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 # (slug, heading), in page order; the slug is the section's anchor and its Bokeh root's name.
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("overview", "Overview"),
+    ("configurations", "Configurations"),
     ("retrieval", "Retrieval"),
     ("data", "Data statistics"),
     ("answers", "Answer quality"),
@@ -106,9 +112,25 @@ def build_sections(inputs: ReportInputs) -> dict[str, LayoutDOM]:
     children: dict[str, list[LayoutDOM]] = {
         "overview": [
             headline_div(inputs.headline, created_at=inputs.created_at),
+            _subheading("Analysis"),
+            analysis_div(inputs.analysis),
             config_div(inputs.config_yaml),
             _subheading("Data lineage"),
             lineage_table(inputs.lineage),
+        ],
+        "configurations": [
+            configurations_table(inputs.configurations),
+            row(
+                quality_latency_scatter(inputs.configurations, run_id),
+                latency_ecdf(
+                    inputs.latencies_by_config if not inputs.latencies_by_config.empty else inputs.latencies_ms, run_id
+                ),
+                sizing_mode="stretch_width",
+            ),
+            _subheading("Paired comparisons (same questions)"),
+            comparisons_table(inputs.comparisons),
+            _subheading("Biggest wins and losses"),
+            *contrast_divs(inputs.contrast_cases),
         ],
         "retrieval": [
             retrieval_curve(inputs.retrieval_at_k, run_id),

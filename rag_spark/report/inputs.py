@@ -30,6 +30,8 @@ PER_QUERY_COLUMNS = ("query_id", "question", "rr", "recall@10", "f1", "em")
 DATA_STATS_COLUMNS = ("table", "metric", "value")
 QUARANTINE_COLUMNS = ("stage", "reason", "count")
 ANSWER_QUALITY_COLUMNS = ("metric", "value")
+CONFIGURATION_COLUMNS = ("variant", "run_id", "config_hash", "mrr", "recall@10", "f1", "latency_ms_p50")
+COMPARISON_COLUMNS = ("metric", "a", "b", "diff", "low", "high", "p", "n", "wins", "losses")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class CaseStudy:
     verdict: str
     retrieved: list[dict[str, Any]]
     cited_chunk_ids: list[str]
+    label: str = ""
+    """Why the case was picked, e.g. "best F1" or "biggest loss vs no retrieval (-0.80 F1)"."""
+    other: dict[str, Any] | None = None
+    """The same question under the configuration it is compared with: keys config, answer, f1 (optional)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ class ReportInputs:
         answer_quality: metric, value.
         cases: The case studies, in the order shown.
         title: Page title.
+        configurations: One row per configuration compared (a sweep's variants, or the run and its
+            no-retrieval baseline): variant, run_id, config_hash, headline metrics and their `_low`/`_high`
+            interval bounds, latency_ms_p50/p95 (see `CONFIGURATION_COLUMNS`).
+        comparisons: Paired comparisons, one row per (metric, a, b): diff = a - b, its 95% interval (low,
+            high), permutation p, questions n, wins and losses of a.
+        contrast_cases: Biggest wins and losses of one configuration against another, question by question.
+        analysis: Sentences generated from the numbers above (no other claims).
+        latencies_by_config: config, query_id, latency_ms of every configuration (empty: `latencies_ms` only).
     """
 
     run_id: str
@@ -85,6 +99,11 @@ class ReportInputs:
     answer_quality: pd.DataFrame
     cases: list[CaseStudy] = field(default_factory=list)
     title: str = "rag-spark report"
+    configurations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    contrast_cases: list[CaseStudy] = field(default_factory=list)
+    analysis: list[str] = field(default_factory=list)
+    latencies_by_config: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def has_columns(df: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> bool:

@@ -30,14 +30,20 @@ HEADLINE_CARDS: tuple[tuple[str, str, str], ...] = (
     ("retrieval", "ndcg@10", "nDCG@10"),
     ("retrieval", "latency_ms_p50", "p50 latency (ms)"),
     ("retrieval", "latency_ms_p95", "p95 latency (ms)"),
+    ("retrieval", "hit_rate@10", "Hit rate@10"),
     ("answers", "f1", "Answer F1"),
+    ("answers", "rouge_l", "ROUGE-L"),
     ("answers", "em", "Exact match"),
+    ("answers", "f1_no_retrieval", "F1, no retrieval"),
+    ("answers", "groundedness", "Groundedness"),
 )
 
 # Class names the report's stylesheet (see html.py) knows about.
 CSS = """
 :host { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; font-size: 14px; color: #222; }
 .note { color: #666; font-style: italic; margin: 4px 0; }
+.ci { color: #555; font-size: 11px; }
+.analysis li { margin: 3px 0; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 6px 0 10px 0; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; min-width: 110px; background: #fafafa; }
 .card .v { font-size: 22px; font-weight: 600; }
@@ -240,9 +246,15 @@ def headline_div(headline: Mapping[str, Any], *, created_at: str) -> Div:
     cards = []
     for group, key, label in HEADLINE_CARDS:
         section = headline.get(group)
-        if isinstance(section, Mapping) and key in section:
+        if isinstance(section, Mapping) and key in section and section[key] is not None:
+            ci = section.get(f"{key}_ci95")
+            interval = (
+                f'<div class="ci">95% CI {esc(format_number(ci[0]))} – {esc(format_number(ci[1]))}</div>'
+                if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci
+                else ""
+            )
             cards.append(
-                f'<div class="card"><div class="v">{esc(format_number(section[key]))}</div>'
+                f'<div class="card"><div class="v">{esc(format_number(section[key]))}</div>{interval}'
                 f'<div class="k">{esc(label)}</div></div>'
             )
     parts = [f"<p>Run created at <b>{esc(created_at)}</b>.</p>"]
@@ -260,6 +272,66 @@ def headline_div(headline: Mapping[str, Any], *, created_at: str) -> Div:
             parts.append(f'<table class="kv"><tr><th colspan="2">{esc(group)}</th></tr>{rows}</table>')
         parts.append("</details>")
     return html_div("".join(parts), name="headline")
+
+
+def configurations_table(configurations: pd.DataFrame) -> DataTable | Div:
+    """One row per configuration with its headline metrics and intervals; click a header to sort."""
+    if configurations.empty:
+        return note("Only one configuration was evaluated.")
+    wanted = [
+        ("variant", "configuration"),
+        ("mrr", "MRR@10"),
+        ("mrr_low", "MRR low"),
+        ("mrr_high", "MRR high"),
+        ("recall@1", "R@1"),
+        ("recall@10", "R@10"),
+        ("ndcg@10", "nDCG@10"),
+        ("f1", "F1"),
+        ("f1_low", "F1 low"),
+        ("f1_high", "F1 high"),
+        ("rouge_l", "ROUGE-L"),
+        ("groundedness", "grounded"),
+        ("latency_ms_p50", "p50 ms"),
+        ("latency_ms_p95", "p95 ms"),
+        ("run_id", "run"),
+    ]
+    return data_table(
+        configurations,
+        [(c, t) for c, t in wanted if c in configurations.columns],
+        widths={"variant": 260, "run_id": 200},
+        name="configurations",
+    )
+
+
+def comparisons_table(comparisons: pd.DataFrame) -> DataTable | Div:
+    """Paired comparisons: a - b on the same questions, its 95% interval, the permutation p-value."""
+    if comparisons.empty:
+        return note("No paired comparison: a single configuration without a no-retrieval baseline.")
+    return data_table(
+        comparisons,
+        [
+            ("metric", "metric"),
+            ("a", "configuration a"),
+            ("b", "configuration b"),
+            ("diff", "a - b"),
+            ("low", "95% low"),
+            ("high", "95% high"),
+            ("p", "p (permutation)"),
+            ("n", "questions"),
+            ("wins", "a better"),
+            ("losses", "b better"),
+        ],
+        widths={"metric": 90, "a": 220, "b": 220},
+        name="comparisons",
+    )
+
+
+def analysis_div(sentences: Sequence[str]) -> Div:
+    """The written analysis: sentences generated from the metrics (each escaped)."""
+    if not sentences:
+        return note("No analysis: nothing was measured.")
+    items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
+    return html_div(f'<ul class="analysis">{items}</ul>', name="analysis")
 
 
 def config_div(config_yaml: str) -> Div:
