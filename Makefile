@@ -70,7 +70,7 @@ demo: install jars data models
 	$(RAG) run --config configs/demo.yaml --out reports/demo
 
 test: install jars data models browser postgres
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install jars postgres
 	$(PY) -m pytest -q -m "not slow and not cluster"

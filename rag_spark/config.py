@@ -581,6 +581,9 @@ class EvaluateConfig(_Section):
     paired comparisons; the same number of sign flips for the permutation test's p-value."""
     seed: int = 0
     """Seed of the bootstrap and the permutation test: the same answers always give the same intervals."""
+    split: Literal["all", "heldout", "train"] = "all"
+    """Which questions are scored (`splits` defines the sides). With an embed.model fine-tuned by train-retriever,
+    `all` is narrowed to `heldout` automatically: a model is never scored on the questions it was trained on."""
     no_retrieval_baseline: bool = False
     """Also answer every question with the same generator and no context (the generate stage, under its own
     config hash: see `PipelineConfig.baseline_hash`), and report `answers.f1_no_retrieval` and what retrieval adds."""
@@ -812,8 +815,8 @@ STAGE_INPUTS: dict[str, list[str]] = {
     "retrieve": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve"],
     "generate": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
     "qa": ["dataset", "ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"],
-    "evaluate": _ORDER,
-    "report": [*_ORDER, "report"],
+    "evaluate": [*_ORDER, "splits"],
+    "report": [*_ORDER, "splits", "report"],
 }
 
 

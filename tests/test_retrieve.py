@@ -202,3 +202,29 @@ def test_llm_reranker_prefers_the_answering_passage() -> None:
         rr.close()
     assert s.shape == (2,) and np.all((s >= 0) & (s <= 1))
     assert s[0] > s[1]
+
+
+def test_evaluation_scope_never_scores_training_questions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from rag_spark.config import load_config_dict
+    from rag_spark.evaluate.run import evaluation_scope
+    from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
+    from rag_spark.retrieve.train import METADATA
+
+    qids = pd.Series([f"q{i}" for i in range(40)])
+    base = load_config_dict({"embed": {"backend": "sentence-transformers", "model": "packaged:all-MiniLM-L6-v2"}})
+    assert evaluation_scope(base, qids)[0] is None
+    split = split_ids(qids, base.splits)
+    assert 0 < len(split[TRAIN]) < 40 and not set(split[TRAIN]) & set(split[HELDOUT])
+    held = load_config_dict({"evaluate": {"split": "heldout"}})
+    assert evaluation_scope(held, qids)[0] == set(split[HELDOUT])
+    model = tmp_path / "retriever-abc"
+    model.mkdir()
+    # A training record as train-retriever writes it (the model weights are not needed to decide the scope).
+    (model / METADATA).write_text(json.dumps({"name": model.name, "train_query_ids": split[TRAIN][:5]}))
+    ft = load_config_dict({"embed": {"backend": "sentence-transformers", "model": str(model)}})
+    ids, info = evaluation_scope(ft, qids)
+    assert ids == set(split[HELDOUT]) and info["split"] == HELDOUT and "fine-tuned" in info["reason"]
+    with pytest.raises(ValueError, match="trained on those questions"):
+        evaluation_scope(load_config_dict({**ft.model_dump(mode="json"), "evaluate": {"split": "train"}}), qids)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,7 +27,10 @@ from rag_spark.evaluate.retrieval import latency_percentiles, per_query_metrics
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison
 
 if TYPE_CHECKING:
+    from rag_spark.config import PipelineConfig
     from rag_spark.pipeline import Pipeline, StageResult
+
+log = logging.getLogger(__name__)
 
 
 def to_pandas(df: DataFrame) -> pd.DataFrame:
@@ -187,6 +191,35 @@ def _contexts(p: Pipeline, gh: str) -> pd.DataFrame:
     return to_pandas(used.join(chunks, "chunk_id").select("query_id", "chunk_id", "doc_id", "text"))
 
 
+def evaluation_scope(cfg: PipelineConfig, query_ids: pd.Series) -> tuple[set[str] | None, dict[str, Any]]:
+    """The question ids to score (None: all of them) and a description for metrics.json.
+
+    `evaluate.split` picks a side of `splits`; an encoder folder written by train-retriever narrows `all` to the
+    questions it was not trained on (its `rag_spark_training.json` lists them), and refuses `train`.
+    """
+    from rag_spark.retrieve.splits import HELDOUT, split_ids
+    from rag_spark.retrieve.train import training_metadata
+
+    split: str = cfg.evaluate.split
+    trained = training_metadata(cfg.embed.model) if cfg.embed.backend == "sentence-transformers" else None
+    reason = f"evaluate.split={split}"
+    if trained is not None:
+        if split == "train":
+            raise ValueError(
+                f"evaluate.split=train with embed.model={cfg.embed.model}: that model was trained on those questions"
+            )
+        if split == "all":
+            split, reason = HELDOUT, f"embed.model is fine-tuned ({trained['name']}): training questions excluded"
+    if split == "all":
+        return None, {"split": "all", "questions": int(query_ids.nunique())}
+    ids = set(split_ids(query_ids, cfg.splits)[split])
+    if trained is not None:
+        ids -= set(trained["train_query_ids"])
+    info = {"split": split, "questions": len(ids), "seed": cfg.splits.seed, "reason": reason}
+    log.info("evaluate: %d questions in scope (%s)", len(ids), reason)
+    return ids, info
+
+
 def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     """Scores retrieval and answers of the current configuration, with 95% bootstrap intervals over questions;
     writes `metrics`, `eval_details` and a `runs` row, and returns the metrics.json summary."""
@@ -209,6 +242,14 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     baseline = all_answers[all_answers["config_hash"] == cfg.baseline_hash]
     if lake.exists(S.ANSWERS):
         res.inputs["answers"] = lake.version(S.ANSWERS) or 0
+    scope, scope_info = evaluation_scope(cfg, queries["query_id"])
+    if scope is not None:
+        retrievals = retrievals[retrievals["query_id"].isin(scope)]
+        qrels = qrels[qrels["query_id"].isin(scope)]
+        queries = queries[queries["query_id"].isin(scope)]
+        gold = gold[gold["query_id"].isin(scope)]
+        answers = answers[answers["query_id"].isin(scope)]
+        baseline = baseline[baseline["query_id"].isin(scope)]
 
     # Retrieval, over every judged question (a question with nothing retrieved scores 0).
     eq = effective_qrels(qrels, dups)
@@ -298,6 +339,7 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
         "counts": counts,
         "timings_s": _timings(p),
         "bootstrap": {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed, "level": 0.95, "unit": "question"},
+        "evaluated_on": scope_info,
     }
 
     detail = per_q.merge(lat, on="query_id", how="outer").merge(details, on="query_id", how="outer")
