@@ -78,9 +78,17 @@ def test_no_pickle_or_eval_of_input_data() -> None:
                 if not (isinstance(node.value, ast.Constant) and node.value.value is (node.arg == "weights_only")):
                     problems.append(f"{where} {node.arg}={ast.unparse(node.value)}")
             if isinstance(node, ast.Attribute) and node.attr in ("load", "unsafe_load") and ast.unparse(node) in (
-                "yaml.load", "yaml.unsafe_load", "torch.load", "np.load", "numpy.load"
+                "yaml.load", "yaml.unsafe_load", "torch.load"
             ):  # fmt: skip
                 problems.append(f"{where} {ast.unparse(node)}")
+            # numpy reads .npy safely only when told not to unpickle object arrays.
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("np.load", "numpy.load"):
+                safe = any(
+                    k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.keywords
+                )
+                if not safe:
+                    problems.append(f"{where} {ast.unparse(node.func)} without allow_pickle=False")
     assert problems == []
 
 
