@@ -131,6 +131,8 @@ def _print_summary(out: str) -> None:
             )
             if a.get("f1_no_retrieval") is not None:
                 print(f"             F1 without retrieval (same generator, no context) {a['f1_no_retrieval']:.3f}")
+        elif a.get("answered"):
+            print(f"  answers    {a['answered']} answered, not scored: the dataset has no gold answers (answers.jsonl)")
         else:
             print("  answers    none (generate.backend=none)")
         print(
