@@ -31,11 +31,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
 from rag_spark import schema as S  # noqa: E402
-from rag_spark.config import PACKAGED_MINILM, PipelineConfig, load_config, load_config_dict  # noqa: E402
+from rag_spark.config import PACKAGED_MINILM, PipelineConfig, load_config  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
 from rag_spark.evaluate.run import effective_qrels  # noqa: E402
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
 from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
+from rag_spark.retrieve.dense import collapse_to_documents  # noqa: E402
 from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
 from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
 
@@ -44,15 +45,11 @@ METRICS = ["mrr@10", "recall@1", "recall@5", "recall@10", "ndcg@10"]
 
 
 def variant(base: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
-    data = base.model_dump(mode="json")
-    for name, values in sections.items():
-        for key, value in values.items():
-            node = data[name]
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node[part]
-            node[parts[-1]] = value
-    return load_config_dict(data, source="benchmark variant")
+    """`base` with `section={"dotted.key": value}` overrides (PipelineConfig.with_dotted, validated)."""
+    return base.with_dotted(
+        {f"{name}.{key}": value for name, values in sections.items() for key, value in values.items()},
+        source="benchmark variant",
+    )
 
 
 def run_variant(
@@ -63,22 +60,14 @@ def run_variant(
         p.run(["embed", "index"])  # reused when this encoder's embeddings and index are current
     res = StageResult("benchmark")
     chunks = p._read(S.CHUNKS, res.inputs)
-    doc_of = {int(r.chunk_key): r.doc_id for r in chunks.select("chunk_key", "doc_id").toLocalIterator()}
     k = cfg.retrieve.k
     t0 = time.perf_counter()
     with p._retriever(chunks, res) as retriever:
         hits = list(search_queries(questions, retriever, k * cfg.retrieve.chunk_headroom))
     wall = time.perf_counter() - t0
-    rows, lat = [], {}
-    seen: dict[str, list[str]] = {}
-    for h in hits:
-        lat[h.query_id] = h.latency_ms
-        docs = seen.setdefault(h.query_id, [])
-        d = doc_of[h.chunk_key]
-        if d not in docs and len(docs) < k:
-            docs.append(d)
-            rows.append((h.query_id, d, len(docs)))
-    run = pd.DataFrame(rows, columns=["query_id", "doc_id", "rank"])
+    lat = {h.query_id: h.latency_ms for h in hits}
+    # The same chunk -> document collapse as the retrieve stage.
+    run = collapse_to_documents(p._hits_frame(hits), chunks, k).select("query_id", "doc_id", "rank").toPandas()
     per_q = per_query_metrics(qrels, run, [1, 5, 10], 10).set_index("query_id")
     latencies = np.array([lat.get(q, np.nan) for q, _ in questions])
     out: dict[str, Any] = {"name": name, "retriever": retriever.name, "n": len(per_q), "seconds": round(wall, 1)}

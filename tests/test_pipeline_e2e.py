@@ -216,15 +216,6 @@ def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> Non
     assert p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).count() == len(queries)
 
 
-def _variant(cfg, **sections):  # type: ignore[no-untyped-def]
-    from rag_spark.config import load_config_dict
-
-    data = cfg.model_dump(mode="json")
-    for name, values in sections.items():
-        data[name] |= values
-    return load_config_dict(data)
-
-
 def test_bm25_and_hybrid_retrieve_stages(run, spark) -> None:  # type: ignore[no-untyped-def]
     """The retrieve stage with each retriever: rows under its own config hash, the BM25 build saved beside the
     FAISS builds and reused by the next run, and the lexical retriever finding the French FAQ sections."""
@@ -234,7 +225,7 @@ def test_bm25_and_hybrid_retrieve_stages(run, spark) -> None:  # type: ignore[no
     qrels = p.lake.read(S.QRELS).toPandas()
     mrr = {}
     for retriever in ("bm25", "hybrid"):
-        cfg = _variant(p.cfg, retrieve={"retriever": retriever})
+        cfg = p.cfg.with_dotted({"retrieve.retriever": retriever})
         q = Pipeline(cfg, spark=spark)
         res = q.run(["retrieve"])["retrieve"]
         assert res.info["retriever"] == retriever and any(k.startswith("bm25:") for k in res.inputs)
@@ -261,16 +252,17 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
     from rag_spark.retrieve.train import fine_tuned_embed_config, train_retriever, training_metadata
 
     p, _, _ = run
-    cfg = _variant(
-        p.cfg,
-        generate={"backend": "llamacpp", "parallel_slots": 2, "cpu_threads": 2},
-        train={
-            "synthetic_questions": 4,
-            "synthetic_model": "packaged:SmolLM2-135M-Instruct",
-            "epochs": 1,
-            "batch_size": 4,
-            "output_dir": str(tmp_path / "retrievers"),
-        },
+    cfg = p.cfg.with_dotted(
+        {
+            "generate.backend": "llamacpp",
+            "generate.parallel_slots": 2,
+            "generate.cpu_threads": 2,
+            "train.synthetic_questions": 4,
+            "train.synthetic_model": "packaged:SmolLM2-135M-Instruct",
+            "train.epochs": 1,
+            "train.batch_size": 4,
+            "train.output_dir": str(tmp_path / "retrievers"),
+        }
     )
     q = Pipeline(cfg, spark=spark)
     res = train_retriever(q)

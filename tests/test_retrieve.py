@@ -115,35 +115,12 @@ class _Fixed:
 
 
 def test_every_retriever_returns_the_same_shape(encoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import faiss
+    from test_index import build  # the index tests' real build path (train, shard, manifest, publish)
 
-    from rag_spark.index.manifest import Manifest, ShardInfo, publish, sha256_file
     from rag_spark.index.search import ShardedIndex
 
-    vecs = encoder.encode_passages(FR)
-    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))
-    flat.add_with_ids(vecs, np.array(KEYS, dtype=np.int64))
-    build = tmp_path / "builds" / "b1"
-    build.mkdir(parents=True)
-    faiss.write_index(flat, str(build / "shard-0.faiss"))
-    manifest = Manifest(
-        build_id="b1",
-        factory="Flat",
-        metric="ip",
-        dim=vecs.shape[1],
-        model_id=encoder.model_id,
-        normalized=True,
-        ntotal=len(KEYS),
-        shards=[ShardInfo("shard-0.faiss", len(KEYS), sha256_file(build / "shard-0.faiss"))],
-        source_table="embeddings",
-        source_version=0,
-        config_hash="x",
-        run_id="r",
-        created_at="now",
-        build_seconds=0.0,
-    )
-    publish(tmp_path, manifest)
-    dense = DenseRetriever(encoder, ShardedIndex(tmp_path, IndexConfig()))
+    index_root = build(tmp_path, "Flat", encoder.encode_passages(FR), np.array(KEYS, dtype=np.int64), 1)
+    dense = DenseRetriever(encoder, ShardedIndex(index_root, IndexConfig()))
     bm25 = BM25Retriever(BM25Index.build(KEYS, FR, BM25Config()))
     texts = ChunkTexts(dict(zip(KEYS, FR, strict=True)))
     retrievers = [

@@ -277,9 +277,10 @@ def train_retriever(p: Pipeline) -> TrainResult:
         delete_missing=f"t.model_name = '{name}'",
     )
     inputs["training_pairs"] = lake.version(S.TRAINING_PAIRS) or 0
-    if training_metadata(model_dir) is not None:
+    existing = training_metadata(model_dir)
+    if existing is not None:
         log.info("train: %s already trained on exactly these pairs; reusing it", model_dir)
-        return TrainResult(model_dir, counts, seconds, training_metadata(model_dir)["losses"], reused=True)  # type: ignore[index]
+        return TrainResult(model_dir, counts, seconds, existing["losses"], reused=True)
 
     t = time.perf_counter()
     triples = [(x[2], text_of[x[3]], [text_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)]
