@@ -295,7 +295,28 @@ class CleanConfig(_Section):
     (real prose here: median 0.03, max 0.13 over the demo corpus)."""
     boilerplate_min_docs: int = Field(0, ge=0)
     """Lines found in at least this many documents are removed as boilerplate; 0 turns the rule off."""
+    languages: list[str] = []
+    """Allow-list of ISO 639-1 codes (e.g. [fr, en]). Every document's language is identified (py3langid) and
+    stored in `silver.language`; with a non-empty list, documents identified as another language with probability
+    >= `language_min_prob` are quarantined. Empty: no language filter."""
+    language_min_prob: float = Field(0.8, ge=0, le=1)
+    """Below this probability the identification is too unsure (short texts, code, lists of names) to reject a
+    document on: it is kept and its guess stored."""
     near_dedup: NearDedupConfig = NearDedupConfig()
+
+    @field_validator("languages")
+    @classmethod
+    def _iso_codes(cls, v: list[str]) -> list[str]:
+        codes = [c.strip().lower() for c in v]
+        bad = [c for c in codes if not (len(c) in (2, 3) and c.isalpha())]
+        if bad:
+            raise ValueError(f"clean.languages: {bad} are not ISO 639-1 language codes (e.g. fr, en, de)")
+        from rag_spark.clean.text import known_languages
+
+        unknown = sorted(set(codes) - known_languages())
+        if unknown:
+            raise ValueError(f"clean.languages: {unknown} are not languages the identifier (py3langid) knows")
+        return sorted(set(codes))
 
 
 class ChunkConfig(_Section):

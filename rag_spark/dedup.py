@@ -111,6 +111,9 @@ def dedup_jsonl(
         F.sha2(normalize_for_dedup(F.col("raw_text")), 256).alias("text_hash"),
         F.length("raw_text").cast("int").alias("n_chars"),
         F.lit(run_id).alias("run_id"),
+        # Standalone dedup does not clean or identify languages: silver's language columns stay empty.
+        F.lit(None).cast("string").alias("language"),
+        F.lit(None).cast("double").alias("language_prob"),
     ).cache()
     kept, exact = dedup_exact(docs, run_id)
     if cfg.enabled:

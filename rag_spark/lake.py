@@ -86,6 +86,7 @@ class Lake:
                 # Creating the table is one commit; an empty frame still creates it with its schema.
                 df.write.format("delta").mode("errorifexists").save(self.path(table))
             else:
+                self._add_missing_columns(table)
                 on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in table.key)
                 builder = (
                     DeltaTable.forPath(self.spark, self.path(table))
@@ -103,6 +104,22 @@ class Lake:
         assert version is not None
         log.info("%s -> version %d", table.name, version)
         return version
+
+    def _add_missing_columns(self, table: Table) -> None:
+        """Schema migration: nullable columns declared in `table` but absent from the stored table (a lake
+        written by an older release) are added in one metadata-only commit before the merge. A missing column
+        that is not nullable cannot be filled for old rows and is an error naming it."""
+        path = self.path(table)
+        present = {f.name for f in self.spark.read.format("delta").load(path).schema.fields}
+        missing = [f for f in table.schema.fields if f.name not in present]
+        if not missing:
+            return
+        required = [f.name for f in missing if not f.nullable]
+        if required:
+            raise ValueError(f"table '{table.name}' at {path} lacks non-nullable columns {required}: rebuild it")
+        cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        log.info("%s: adding columns %s (schema of an older release)", table.name, [f.name for f in missing])
+        self.spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({cols})")
 
     @contextmanager
     def _disk_full_is_clear(self, table: Table) -> Iterator[None]:

@@ -27,7 +27,7 @@ from rag_spark import schema as S
 from rag_spark.clean.chunk import chunk_documents
 from rag_spark.clean.dedup_exact import dedup_exact
 from rag_spark.clean.dedup_minhash import dedup_near
-from rag_spark.clean.normalize import clean_documents, rule_counts
+from rag_spark.clean.normalize import clean_documents, language_counts, rule_counts
 from rag_spark.config import PipelineConfig
 from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import chunk_tokenizer, model_id
@@ -226,7 +226,7 @@ class Pipeline:
             S.SILVER,
             kept,
             meta=meta,
-            changed="t.text_hash <> s.text_hash OR NOT (t.title <=> s.title)",
+            changed="t.text_hash <> s.text_hash OR NOT (t.title <=> s.title) OR NOT (t.language <=> s.language)",
             delete_missing=True,
         )
         res.outputs["duplicates"] = self.lake.merge(
@@ -240,7 +240,8 @@ class Pipeline:
             S.QUARANTINE, bad, meta=meta, changed="t.reason <> s.reason", delete_missing="t.stage = 'clean'"
         )
         n_in = bronze.count()
-        n_kept = self.lake.read(S.SILVER, res.outputs["silver"]).count()
+        silver = self.lake.read(S.SILVER, res.outputs["silver"])
+        n_kept = silver.count()
         by_method = {
             r["method"]: int(r["count"])
             for r in self.lake.read(S.DUPLICATES, res.outputs["duplicates"]).groupBy("method").count().collect()
@@ -261,8 +262,9 @@ class Pipeline:
             "near_duplicates": by_method.get("near", 0),
             "quarantined": n_bad,
             "rules": rules,
+            "languages": language_counts(silver),
         }
-        log.info("clean rules: %s", rules)
+        log.info("clean rules: %s; silver languages: %s", rules, res.info["languages"])
         return self._finish(res, t0)
 
     def chunk(self) -> StageResult:

@@ -88,6 +88,9 @@ SILVER = Table(
         ("text_hash", StringType(), False),
         ("n_chars", IntegerType(), False),
         ("run_id", StringType(), False),
+        # Added after the first release: nullable, so older lakes gain them on their next write (Lake.merge).
+        ("language", StringType(), True),
+        ("language_prob", DoubleType(), True),
     ),
     ("doc_id",),
 )

@@ -104,3 +104,44 @@ def test_clean_rules_counted_and_quarantined(spark) -> None:  # type: ignore[no-
         "quarantined: too many symbols": 1,
         "quarantined: too few words": 1,
     }
+
+
+def test_language_is_identified_and_the_allow_list_quarantines_only_sure_rejections(spark) -> None:  # type: ignore[no-untyped-def]
+    rows = [
+        ("fr", "Debian est un système d'exploitation libre, développé par une communauté de bénévoles depuis 1993."),
+        ("en", "Debian is a free operating system, developed by a community of volunteers since 1993 and still alive."),
+        (
+            "de",
+            "Debian ist ein freies Betriebssystem, das seit 1993 von einer Gemeinschaft Freiwilliger entwickelt wird.",
+        ),
+        ("digits", "1993 2001 2005 2007 2009 2011 2013 2015 2017 2019 2021 2023 2025 - 12 34 56 78 90"),
+        ("unsure", "apt-get install foo bar baz"),
+    ]
+    bronze = spark.createDataFrame(
+        [(i, f"u/{i}", "txt", None, t) for i, t in rows],
+        "doc_id string, source_uri string, format string, title string, raw_text string",
+    )
+    kept, bad = clean_documents(bronze, CleanConfig(min_chars=10, languages=["fr", "EN"]), "r1")
+    langs = {r.doc_id: (r.language, r.language_prob) for r in kept.collect()}
+    assert set(langs) == {"fr", "en", "digits", "unsure"}
+    assert langs["fr"][0] == "fr" and langs["en"][0] == "en" and langs["fr"][1] > 0.9
+    assert langs["digits"] == (None, 0.0)  # nothing to identify: kept, not guessed
+    assert langs["unsure"][1] < 0.8  # a guess below language_min_prob never rejects
+    (rejected,) = bad.collect()
+    assert rejected.record_id == "de" and rejected.reason == "language not allowed"
+    assert rejected.detail.startswith("identified as de (p=") and "['en', 'fr']" in rejected.detail
+    # Without an allow-list the language is still identified, and nothing is rejected for it.
+    kept_all, bad_all = clean_documents(bronze, CleanConfig(min_chars=10), "r1")
+    assert bad_all.count() == 0
+    assert {r.doc_id: r.language for r in kept_all.collect()}["de"] == "de"
+
+
+def test_language_allow_list_is_validated() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not ISO 639-1"):
+        CleanConfig(languages=["french"])
+    with pytest.raises(ValidationError, match="py3langid"):
+        CleanConfig(languages=["xx"])
+    assert CleanConfig(languages=[" FR", "en", "fr"]).languages == ["en", "fr"]

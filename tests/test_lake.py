@@ -51,3 +51,22 @@ def test_lineage_rows(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     row = lake.read(S.LINEAGE).where(F.col("stage") == "clean").first()
     assert row is not None and row.inputs == {"bronze": 3} and row.outputs == {"silver": 1} and row.rows == 5
+
+
+def test_a_table_from_an_older_schema_gains_new_nullable_columns_on_merge(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    import pytest
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    lake = Lake(spark, str(tmp_path / "lake"))
+    old = replace(S.QUERIES, schema=StructType(S.QUERIES.schema.fields[:2]))
+    new = replace(S.QUERIES, schema=StructType([*old.schema.fields, StructField("lang", StringType(), True)]))
+    lake.merge(old, spark.createDataFrame([("q1", "a"), ("q2", "b")], old.schema), meta={})
+    v = lake.merge(new, spark.createDataFrame([("q2", "b", "fr")], new.schema), meta={"run_id": "r2"})
+    got = {r.query_id: r.lang for r in lake.read(new, version=v).collect()}
+    assert got == {"q1": None, "q2": "fr"}  # old rows read as null, merged rows carry the value
+    assert lake.commit_metadata(new, v) == {"run_id": "r2"}
+    required = replace(new, schema=StructType([*new.schema.fields, StructField("must", StringType(), False)]))
+    with pytest.raises(ValueError, match=r"lacks non-nullable columns \['must'\]"):
+        lake.merge(required, spark.createDataFrame([("q2", "b", "fr", "x")], required.schema), meta={})

@@ -1,6 +1,7 @@
 """bronze -> cleaned documents: HTML to text, repair and optional rules in one vectorized UDF, then boilerplate
-lines shared by many documents, then quality filters (length, words, symbol ratio) that send documents to
-quarantine with the rule's name. `rule_counts` reports how often every rule fired in a run."""
+lines shared by many documents, then language identification, then quality filters (length, words, symbol ratio,
+language allow-list) that send documents to quarantine with the rule's name. `rule_counts` reports how often
+every rule fired in a run."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import logging
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
-from rag_spark.clean.text import clean_with_rules
+from rag_spark.clean.text import clean_with_rules, identify_language
 from rag_spark.config import CleanConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ _CLEANED = StructType(
 TOO_SHORT = "too short after cleaning"
 TOO_FEW_WORDS = "too few words"
 TOO_MANY_SYMBOLS = "too many symbols"
+LANGUAGE_NOT_ALLOWED = "language not allowed"
+_LANGUAGE = StructType([StructField("language", StringType()), StructField("language_prob", DoubleType())])
 
 
 def _clean_udf(cfg: CleanConfig):  # type: ignore[no-untyped-def]
@@ -39,6 +42,11 @@ def _clean_udf(cfg: CleanConfig):  # type: ignore[no-untyped-def]
         return pd.DataFrame(out, columns=["text", "hyphenations", "emails", "phones"])
 
     return clean
+
+
+@F.pandas_udf(_LANGUAGE)  # type: ignore[call-overload]
+def _language_udf(text: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame([identify_language(t) for t in text], columns=["language", "language_prob"])
 
 
 def _line_key(line: Column) -> Column:
@@ -83,7 +91,7 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
 
     Returns:
         (cleaned, quarantine): cleaned has doc_id, source_uri, format, title, text, text_hash, n_chars and the
-        per-document rule counters hyphenations, emails, phones, boilerplate_lines.
+        per-document rule counters hyphenations, emails, phones, boilerplate_lines, and language, language_prob.
     """
     cleaned = bronze.select(
         "doc_id",
@@ -96,6 +104,7 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
         cleaned = remove_boilerplate(cleaned, cfg.boilerplate_min_docs)
     else:
         cleaned = cleaned.withColumn("boilerplate_lines", F.lit(0))
+    cleaned = cleaned.withColumn("_lang", _language_udf(F.col("text"))).select("*", "_lang.*").drop("_lang")
     # The exact-dedup key: normalized text, case-folded, whitespace-collapsed.
     cleaned = cleaned.withColumn("n_chars", F.length("text").cast("int")).withColumn(
         "text_hash", F.sha2(F.regexp_replace(F.lower("text"), r"\s+", " "), 256)
@@ -106,6 +115,7 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
         F.when(F.col("n_chars") < cfg.min_chars, F.lit(TOO_SHORT))
         .when(n_words < cfg.min_words, F.lit(TOO_FEW_WORDS))
         .when(symbols > cfg.max_symbol_ratio, F.lit(TOO_MANY_SYMBOLS))
+        .when(_rejected_language(cfg), F.lit(LANGUAGE_NOT_ALLOWED))
     )
     detail = (
         F.when(
@@ -115,7 +125,17 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
         .when(
             F.col("_reason") == TOO_FEW_WORDS, F.format_string(f"%d words < clean.min_words={cfg.min_words}", n_words)
         )
-        .otherwise(F.format_string(f"symbol ratio %.2f > clean.max_symbol_ratio={cfg.max_symbol_ratio}", symbols))
+        .when(
+            F.col("_reason") == TOO_MANY_SYMBOLS,
+            F.format_string(f"symbol ratio %.2f > clean.max_symbol_ratio={cfg.max_symbol_ratio}", symbols),
+        )
+        .otherwise(
+            F.format_string(
+                f"identified as %s (p=%.2f), not in clean.languages={cfg.languages}",
+                F.col("language"),
+                F.col("language_prob"),
+            )
+        )
     )
     cleaned = cleaned.withColumn("_reason", reason)
     quarantine = cleaned.where(F.col("_reason").isNotNull()).select(
@@ -128,6 +148,23 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
         F.lit(run_id).alias("run_id"),
     )
     return cleaned.where(F.col("_reason").isNull()).drop("_reason"), quarantine
+
+
+def _rejected_language(cfg: CleanConfig) -> Column:
+    """True where the allow-list is set and the identifier is sure the document is in another language."""
+    if not cfg.languages:
+        return F.lit(False)
+    return (
+        F.col("language").isNotNull()
+        & ~F.col("language").isin(*cfg.languages)
+        & (F.col("language_prob") >= cfg.language_min_prob)
+    )
+
+
+def language_counts(cleaned: DataFrame) -> dict[str, int]:
+    """Documents per identified language (None: no letters to identify), most frequent first."""
+    rows = cleaned.groupBy("language").count().orderBy(F.desc("count"), "language").collect()
+    return {str(r["language"]): int(r["count"]) for r in rows}
 
 
 def rule_counts(cleaned: DataFrame, quarantine: DataFrame) -> dict[str, int]:

@@ -390,6 +390,10 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
             ("chunks", "tokens per chunk (mean)", round(float(chunk_stats["m"] or 0) if chunk_stats else 0.0, 1)),
             ("chunks", "tokens per chunk (max)", int(chunk_stats["x"] or 0) if chunk_stats else 0),
             ("queries", "questions", c["queries"]),
+            *(
+                ("silver", f"silver docs in language {r['language'] or 'unknown'}", int(r["count"]))
+                for r in lake.read(S.SILVER).groupBy("language").count().orderBy(F.desc("count")).limit(8).collect()
+            ),
         ],
         columns=["table", "metric", "value"],
         dtype=object,  # counts and means in one column: shown as written (10,102 and 104.4), not all as 0.000
