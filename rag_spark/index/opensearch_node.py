@@ -142,9 +142,12 @@ def free_port() -> int:
 class LocalOpenSearch:
     """One OpenSearch node on 127.0.0.1, started by `start()` (or `with`), stopped and removed by `stop()`."""
 
-    def __init__(self, heap: str = "512m", startup_timeout: float = 180.0) -> None:
+    def __init__(self, heap: str = "512m", startup_timeout: float = 180.0, port: int | None = None) -> None:
+        """Args:
+        port: the HTTP port (None: a free one)."""
         self.heap = heap
         self.startup_timeout = startup_timeout
+        self.fixed_port = port
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmp: Path | None = None
@@ -158,7 +161,7 @@ class LocalOpenSearch:
         self.tmp = Path(tempfile.mkdtemp(prefix="rag-spark-os-"))
         conf = self.tmp / "config"
         shutil.copytree(home / "config", conf)
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         transport = free_port()
         (conf / "opensearch.yml").write_text(
             "cluster.name: rag-spark-test\n"
@@ -236,10 +239,21 @@ class LocalOpenSearch:
         self.stop()
 
 
-def main() -> int:
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="start a local OpenSearch node until Ctrl-C")
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
+    parser.add_argument("--heap", default="512m")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    node = LocalOpenSearch().start()
+    node = LocalOpenSearch(heap=args.heap, port=args.port).start()
     print(node.url, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         signal.pause()
     except KeyboardInterrupt:
