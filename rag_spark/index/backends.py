@@ -104,6 +104,11 @@ class ExternalIndex(Index, Protocol):
         """Deletes chunks by chunk_id from the live index; ids not present are ignored."""
         ...
 
+    def refresh(self, physical: str | None = None) -> None:
+        """Makes the writes so far searchable at full speed (OpenSearch: refresh; Milvus: flush the memtable,
+        which Milvus Lite otherwise converts on every search)."""
+        ...
+
     def publish(self, physical: str) -> None:
         """Points the alias at `physical` in one step and drops the physical indexes it pointed to before."""
         ...
@@ -171,11 +176,14 @@ def sync(
         else:
             n_up = sum(index.upsert(b) for b in batches(changed)) if changed else 0
             n_del = index.delete(gone) if gone else 0
+            if n_up or n_del:
+                index.refresh()
             log.info("%s %s: +%d upserted, -%d deleted", index.backend, live, n_up, n_del)
             return SyncReport("incremental", None, n_up, n_del, live or "", time.perf_counter() - t0)
     physical = index.create(dim, sample_texts)
     try:
         n_up = sum(index.upsert(b, target=physical) for b in batches(None))
+        index.refresh(physical)
     except BaseException:
         index.drop(physical)
         raise
@@ -204,6 +212,10 @@ class MilvusIndex:
         token = os.environ.get(cfg.token_env, "") if cfg.token_env else ""
         if cfg.token_env and not token:
             raise ValueError(f"index.milvus.token_env={cfg.token_env!r}: that environment variable is not set")
+        if self.local:
+            # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp (not implemented there),
+            # which the client falls back from on its own
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         self.client = MilvusClient(uri=self.uri, token=token)
         self.name = cfg.collection
 
@@ -258,6 +270,9 @@ class MilvusIndex:
             n += len(self.client.delete(self.name, ids=list(chunk_ids[lo : lo + self.cfg.batch_size])))
         return n
 
+    def refresh(self, physical: str | None = None) -> None:
+        self.client.flush(physical or self.live() or self.name)
+
     def publish(self, physical: str) -> None:
         old = self.live()
         if old is None:
@@ -273,8 +288,6 @@ class MilvusIndex:
             self.client.drop_collection(physical)
 
     def keys(self) -> dict[str, str]:
-        # Milvus Lite's in-process server logs a traceback for AllocTimestamp, which the iterator falls back from
-        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         it = self.client.query_iterator(self.name, batch_size=4096, output_fields=["chunk_id", "text_hash"])
         out: dict[str, str] = {}
         while batch := it.next():
@@ -495,6 +508,9 @@ class OpenSearchIndex:
             n += int(ok)
         self.client.indices.refresh(index=self.name)
         return n
+
+    def refresh(self, physical: str | None = None) -> None:
+        self.client.indices.refresh(index=physical or self.name)
 
     def publish(self, physical: str) -> None:
         old = list(self.client.indices.get_alias(name=self.name)) if self.live() else []
