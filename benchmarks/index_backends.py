@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     faiss.downcast_index(hnsw.index).hnsw.efSearch = cfg.index.ef_search  # as the pipeline searches HNSW
     build = time.perf_counter() - t0
     faiss.write_index(hnsw, str(tmp / "hnsw.faiss"))
+    name = f"faiss HNSW32 ef{cfg.index.ef_search}"
     results.append(
-        measure(f"faiss HNSW32 ef{cfg.index.ef_search}", lambda i: hnsw.search(qv[i : i + 1], DEPTH)[1][0], len(qv), exact, ctx, build,
+        measure(name, lambda i: hnsw.search(qv[i : i + 1], DEPTH)[1][0], len(qv), exact, ctx, build,
                 (tmp / "hnsw.faiss").stat().st_size)
     )  # fmt: skip
 
