@@ -447,7 +447,7 @@ class Pipeline:
                 if b.num_rows:
                     yield pa.Table.from_batches([b]).select(COLUMNS)
 
-        index = open_external(icfg, mid, self.index_base)
+        index = open_external(icfg, mid, self.cfg.index_base)
         try:
             report = sync(
                 index,
@@ -488,7 +488,7 @@ class Pipeline:
         from rag_spark.index.search import IndexIntegrityError
 
         icfg = self.cfg.index
-        index = open_external(icfg, model_id(self.cfg.embed.model), self.index_base)
+        index = open_external(icfg, model_id(self.cfg.embed.model), self.cfg.index_base)
         live = index.live()
         if live is None:
             index.close()
@@ -872,7 +872,7 @@ class Pipeline:
                 return (self.index_root / "CURRENT").exists()
             from rag_spark.index.backends import open_external
 
-            index = open_external(self.cfg.index, model_id(self.cfg.embed.model), self.index_base)
+            index = open_external(self.cfg.index, model_id(self.cfg.embed.model), self.cfg.index_base)
             try:
                 return index.live() is not None
             finally:

@@ -216,7 +216,13 @@ class MilvusIndex:
             # Milvus Lite's in-process gRPC server logs a traceback for AllocTimestamp (not implemented there),
             # which the client falls back from on its own
             logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-        self.client = MilvusClient(uri=self.uri, token=token)
+        opts: dict[str, Any] = {}
+        if self.local:
+            # Milvus Lite's gRPC server keeps gRPC's default ping policy (at most one ping per 5 min without
+            # data); pymilvus pings every 10 s, so the server sends GOAWAY "too_many_pings" and a client opened
+            # again later in the same process (index stage, then retrieve) fails to connect.
+            opts["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
+        self.client = MilvusClient(uri=self.uri, token=token, **opts)
         self.name = cfg.collection
 
     def prefix(self, dim: int) -> str:
