@@ -158,6 +158,23 @@ def test_milvus_matches_faiss_flat_and_upserts_deletes_by_id(milvus: MilvusIndex
     assert set(milvus.keys()) == set(changed.column("chunk_id").to_pylist())
 
 
+def test_milvus_reopened_later_serves_the_same_build(tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    """The index stage and the retrieve stage open the Milvus Lite folder separately: the second client must find
+    the build (loaded again: it starts released) and leave it unchanged."""
+    table, dim = data["table"], data["dim"]
+    first = MilvusIndex(MilvusConfig(), "ip", "minilm", tmp_path / "milvus.db")
+    built = _sync(first, table, dim).physical
+    first.close()
+    again = MilvusIndex(MilvusConfig(), "ip", "minilm", tmp_path / "milvus.db")
+    try:
+        assert again.live() == built
+        assert (again.search(data["queries"], 1).ids[:, 0] == data["exact_ids"][:, 0]).all()
+        report = _sync(again, table, dim)
+        assert (report.mode, report.upserted, report.deleted) == ("incremental", 0, 0)
+    finally:
+        again.close()
+
+
 def test_milvus_rebuild_swaps_alias(milvus: MilvusIndex, data) -> None:  # type: ignore[no-untyped-def]
     table, dim = data["table"], data["dim"]
     old = _sync(milvus, table, dim).physical

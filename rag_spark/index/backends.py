@@ -224,14 +224,20 @@ class MilvusIndex:
             opts["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
         self.client = MilvusClient(uri=self.uri, token=token, **opts)
         self.name = cfg.collection
+        self._loaded: set[str] = set()
 
     def prefix(self, dim: int) -> str:
         settings = {"index_type": self.cfg.index_type, "params": self.cfg.params}
         return f"{self.name}_{settings_hash('milvus', settings, self.model_id, dim, self.metric_name)}_"
 
     def live(self) -> str | None:
+        """The collection behind the alias, loaded (a collection opened from disk, by another process or after a
+        restart, starts released: Milvus refuses to search or query it until `load_collection`)."""
         for coll in self.client.list_collections():
             if self.name in self.client.list_aliases(coll).get("aliases", []):
+                if coll not in self._loaded:
+                    self.client.load_collection(coll)
+                    self._loaded.add(coll)
                 return str(coll)
         return None
 
@@ -271,6 +277,7 @@ class MilvusIndex:
         return n
 
     def delete(self, chunk_ids: Sequence[str]) -> int:
+        self.live()
         n = 0
         for lo in range(0, len(chunk_ids), self.cfg.batch_size):
             n += len(self.client.delete(self.name, ids=list(chunk_ids[lo : lo + self.cfg.batch_size])))
@@ -294,6 +301,7 @@ class MilvusIndex:
             self.client.drop_collection(physical)
 
     def keys(self) -> dict[str, str]:
+        self.live()
         it = self.client.query_iterator(self.name, batch_size=4096, output_fields=["chunk_id", "text_hash"])
         out: dict[str, str] = {}
         while batch := it.next():
@@ -303,6 +311,8 @@ class MilvusIndex:
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self._loaded:
+            self.live()
         t0 = time.perf_counter()
         hits = self.client.search(
             self.name,
