@@ -243,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": df.to_dict("records")}, indent=2) + "\n")
     out.with_suffix(".md").write_text(
-        f"# Index backends on {len(keys)} chunks x {dim} ({mid}), {len(qv)} questions\n\n"
-        + markdown(df)
+        f"# Index backends on {len(keys)} chunks x {dim} ({mid}), {len(qv)} questions\n\n" + markdown(df)
     )
     print(df.to_string(index=False))
     return 0

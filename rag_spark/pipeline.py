@@ -327,7 +327,8 @@ class Pipeline:
         return self._finish(res, t0)
 
     def index(self) -> StageResult:
-        """embeddings (this model) -> sharded FAISS index + manifest, published atomically.
+        """embeddings (this model) -> sharded FAISS index + manifest, published atomically; with
+        `index.backend` opensearch or milvus, the engine's index instead (`_index_external`).
 
         With `index.incremental`, the published build is updated with the embeddings changed since its source
         version (a new build folder; the old one keeps serving until the switch); unchanged input reuses it.
@@ -437,11 +438,13 @@ class Pipeline:
         )
         keys = {r.chunk_id: r.text_hash for r in emb.select("chunk_id", "text_hash").toLocalIterator()}
         sample = [r.text for r in chunks.select("text").orderBy("chunk_id").limit(2000).collect()]
-        staged = self.lake.write_staging(rows.select(*COLUMNS), "index-ext-in")
         batch_rows = icfg.milvus.batch_size if icfg.backend == "milvus" else icfg.opensearch.bulk_chunk * 4
+        staged: list[str] = []  # staged on first use: an unchanged rerun writes nothing
 
         def batches(only: set[str] | None) -> Iterator[pa.Table]:
-            ds = pads.dataset(staged, format="parquet")
+            if not staged:
+                staged.append(self.lake.write_staging(rows.select(*COLUMNS), "index-ext-in"))
+            ds = pads.dataset(staged[0], format="parquet")
             flt = None if only is None else pc.field("chunk_id").isin(sorted(only))
             for b in ds.to_batches(batch_size=batch_rows, filter=flt):
                 if b.num_rows:
@@ -461,7 +464,8 @@ class Pipeline:
             stats = index.stats()
         finally:
             index.close()
-            self.lake.drop_staging(staged)
+            for path in staged:
+                self.lake.drop_staging(path)
         if stats.count != len(keys):
             raise RuntimeError(
                 f"index: {icfg.backend} {stats.physical} holds {stats.count} chunks, the embeddings table {len(keys)}"

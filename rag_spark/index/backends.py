@@ -270,8 +270,7 @@ class MilvusIndex:
             hi = lo + self.cfg.batch_size
             part = zip(ids[lo:hi], keys[lo:hi], docs[lo:hi], hashes[lo:hi], vecs[lo:hi].tolist(), strict=True)
             rows = [
-                {"chunk_id": c, "chunk_key": int(k), "doc_id": d, "text_hash": h, "vector": v}
-                for c, k, d, h, v in part
+                {"chunk_id": c, "chunk_key": int(k), "doc_id": d, "text_hash": h, "vector": v} for c, k, d, h, v in part
             ]
             n += int(self.client.upsert(name, rows)["upsert_count"])
         return n
