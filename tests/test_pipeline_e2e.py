@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from rag_spark import schema as S
 from rag_spark.config import load_config
+from rag_spark.embed.models import model_id
 from rag_spark.index.manifest import current_manifest
 from rag_spark.pipeline import Pipeline
 
@@ -304,7 +305,7 @@ def _backend_stages(p: Pipeline, spark, overrides: dict[str, object]) -> None:  
     q = Pipeline(cfg, spark=spark)
     stages = q.run(["index", "retrieve"])
     info = stages["index"].info
-    n_emb = p.lake.read(S.EMBEDDINGS).count()
+    n_emb = p.lake.read(S.EMBEDDINGS).where(F.col("model_id") == model_id(cfg.embed.model)).count()
     assert info["backend"] == backend and info["mode"] == "full" and stages["index"].rows == n_emb
     out_keys = [k for k in stages["index"].outputs if k.startswith(f"{backend}:")]
     assert out_keys == [f"{backend}:{info['physical']}"]
