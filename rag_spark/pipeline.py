@@ -329,7 +329,8 @@ class Pipeline:
         return self._finish(res, t0)
 
     def index(self) -> StageResult:
-        """embeddings (this model) -> sharded FAISS index + manifest, published atomically.
+        """embeddings (this model) -> sharded FAISS index + manifest, published atomically; with
+        `index.backend` opensearch or milvus, the engine's index instead (`_index_external`).
 
         With `index.incremental`, the published build is updated with the embeddings changed since its source
         version (a new build folder; the old one keeps serving until the switch); unchanged input reuses it.
@@ -345,6 +346,8 @@ class Pipeline:
         emb = self._read(S.EMBEDDINGS, res.inputs).where(F.col("model_id") == mid)
         first = emb.select("dim").first()
         dim = int(first["dim"]) if first else 0
+        if icfg.backend != "faiss":
+            return self._index_external(res, t0, emb, mid, dim)
         try:
             prev, prev_dir = current_manifest(self.index_root)
         except FileNotFoundError:
@@ -418,6 +421,94 @@ class Pipeline:
         res.outputs[f"index:{manifest.build_id}"] = manifest.ntotal
         return self._finish(res, t0)
 
+    def _index_external(self, res: StageResult, t0: float, emb: DataFrame, mid: str, dim: int) -> StageResult:
+        """embeddings + chunks -> the OpenSearch/Milvus index of `index.backend` (rag_spark.index.backends.sync):
+        the changed chunks are upserted and the removed ones deleted by id in the live build, or a new build is
+        filled and swapped in behind the alias. The lineage row records the physical index and its count."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        from rag_spark.index.backends import COLUMNS, open_external, sync
+
+        icfg = self.cfg.index
+        if dim == 0:
+            raise RuntimeError(f"index: the embeddings table holds no vector for {mid}; run the embed stage")
+        chunks = self._read(S.CHUNKS, res.inputs)
+        rows = emb.select("chunk_id", "chunk_key", "text_hash", "vector").join(
+            chunks.select("chunk_id", "doc_id", "title", "text"), "chunk_id"
+        )
+        keys = {r.chunk_id: r.text_hash for r in emb.select("chunk_id", "text_hash").toLocalIterator()}
+        sample = [r.text for r in chunks.select("text").orderBy("chunk_id").limit(2000).collect()]
+        batch_rows = icfg.milvus.batch_size if icfg.backend == "milvus" else icfg.opensearch.bulk_chunk * 4
+        staged: list[str] = []  # staged on first use: an unchanged rerun writes nothing
+
+        def batches(only: set[str] | None) -> Iterator[pa.Table]:
+            if not staged:
+                staged.append(self.lake.write_staging(rows.select(*COLUMNS), "index-ext-in"))
+            ds = pads.dataset(staged[0], format="parquet")
+            flt = None if only is None else pc.field("chunk_id").isin(sorted(only))
+            for b in ds.to_batches(batch_size=batch_rows, filter=flt):
+                if b.num_rows:
+                    yield pa.Table.from_batches([b]).select(COLUMNS)
+
+        index = open_external(icfg, mid, self.cfg.index_base)
+        try:
+            report = sync(
+                index,
+                batches,
+                keys,
+                dim=dim,
+                incremental=icfg.incremental,
+                rebuild_fraction=icfg.rebuild_fraction,
+                sample_texts=sample,
+            )
+            stats = index.stats()
+        finally:
+            index.close()
+            for path in staged:
+                self.lake.drop_staging(path)
+        if stats.count != len(keys):
+            raise RuntimeError(
+                f"index: {icfg.backend} {stats.physical} holds {stats.count} chunks, the embeddings table {len(keys)}"
+            )
+        res.rows = stats.count
+        res.info = {
+            "backend": icfg.backend,
+            "name": stats.name,
+            "physical": report.physical,
+            "mode": report.mode,
+            "rebuild_reason": report.reason,
+            "upserted": report.upserted,
+            "deleted": report.deleted,
+            "bytes": stats.bytes,
+            "sync_seconds": round(report.seconds, 3),
+        }
+        res.outputs[f"{icfg.backend}:{report.physical}"] = stats.count
+        return self._finish(res, t0)
+
+    def _external_index(self, res: StageResult, encoder: Any) -> Any:
+        """The live OpenSearch/Milvus build for retrieval, checked to be this model's (the physical name carries
+        the settings hash: model, dim, metric, index settings); recorded as a stage input."""
+        from rag_spark.index.backends import open_external
+        from rag_spark.index.search import IndexIntegrityError
+
+        icfg = self.cfg.index
+        index = open_external(icfg, model_id(self.cfg.embed.model), self.cfg.index_base)
+        live = index.live()
+        if live is None:
+            index.close()
+            raise FileNotFoundError(f"{icfg.backend} has no build behind {index.name!r}; run the index stage")
+        dim = int(encoder.encode_queries(["dimension"]).shape[1])
+        if not live.startswith(index.prefix(dim)):
+            index.close()
+            raise IndexIntegrityError(
+                f"{icfg.backend} build {live} was made with other settings or another model than "
+                f"{index.prefix(dim)}* (embed.model={self.cfg.embed.model!r}); rerun the index stage"
+            )
+        res.inputs[f"{icfg.backend}:{live}"] = index.stats().count
+        return index
+
     def retrieve(self) -> StageResult:
         """queries -> retrievals: top-k documents per question, with the best chunk and the latency."""
         from rich.progress import track
@@ -467,14 +558,26 @@ class Pipeline:
         retriever: Retriever | None = None
         dense: Retriever | None = None
         lexical: Any = None
-        if rcfg.retriever in ("dense", "hybrid"):
+        external: Any = None
+        backend = self.cfg.index.backend
+        if rcfg.retriever in ("dense", "hybrid") or (backend == "opensearch" and rcfg.retriever == "bm25"):
             from rag_spark.embed.encoders import build_encoder
-            from rag_spark.index.search import ShardedIndex
 
-            index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
-            res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
-            dense = DenseRetriever(build_encoder(self.cfg.embed), index)
-        if rcfg.retriever in ("bm25", "hybrid"):
+            encoder = build_encoder(self.cfg.embed)
+            if backend == "faiss":
+                from rag_spark.index.search import ShardedIndex
+
+                index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
+                res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
+                dense = DenseRetriever(encoder, index)
+            else:
+                external = self._external_index(res, encoder)
+                dense = DenseRetriever(encoder, external)
+        if backend == "opensearch" and rcfg.retriever in ("bm25", "hybrid"):
+            from rag_spark.index.backends import OpenSearchBM25
+
+            lexical = OpenSearchBM25(external)  # the engine's BM25 over the same index
+        elif rcfg.retriever in ("bm25", "hybrid"):
             from rag_spark.embed.encoders import passage_text
             from rag_spark.retrieve.lexical import build_key, load_or_build
 
@@ -513,6 +616,8 @@ class Pipeline:
             close = getattr(reranker, "close", None)
             if close is not None:
                 close()
+            if external is not None:
+                external.close()
 
     def _hits_frame(self, hits: list[Any]) -> DataFrame:
         """Chunk hits (`retrieve.dense.ChunkHit`) as a small Spark DataFrame."""
@@ -767,7 +872,17 @@ class Pipeline:
             )
             if last is None or last["config_hash"] != h:
                 return False
-            return stage != "index" or (self.index_root / "CURRENT").exists()
+            if stage != "index":
+                return True
+            if self.cfg.index.backend == "faiss":
+                return (self.index_root / "CURRENT").exists()
+            from rag_spark.index.backends import open_external
+
+            index = open_external(self.cfg.index, model_id(self.cfg.embed.model), self.cfg.index_base)
+            try:
+                return index.live() is not None
+            finally:
+                index.close()
         if stage == "retrieve":
             if not lake.exists(S.RETRIEVALS) or not lake.exists(S.QUERIES):
                 return False

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from rag_spark import schema as S
 from rag_spark.config import load_config
+from rag_spark.embed.models import model_id
 from rag_spark.index.manifest import current_manifest
 from rag_spark.pipeline import Pipeline
 
@@ -293,3 +294,50 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
     assert stages["embed"].info["embedded"] == p.lake.read(S.CHUNKS).count()
     manifest, _ = current_manifest(Pipeline(ft, spark=spark).index_root)
     assert manifest.model_id == res.model_dir.name
+
+
+def _backend_stages(p: Pipeline, spark, overrides: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """The index and retrieve stages on an external backend: the index holds every embedded chunk, the lineage
+    names the backend's physical index, rerunning the index stage writes nothing, and the exact backend ranks
+    the same top document as the FAISS Flat run for every question."""
+    cfg = p.cfg.with_dotted(overrides)
+    backend = cfg.index.backend
+    q = Pipeline(cfg, spark=spark)
+    stages = q.run(["index", "retrieve"])
+    info = stages["index"].info
+    n_emb = p.lake.read(S.EMBEDDINGS).where(F.col("model_id") == model_id(cfg.embed.model)).count()
+    assert info["backend"] == backend and info["mode"] == "full" and stages["index"].rows == n_emb
+    out_keys = [k for k in stages["index"].outputs if k.startswith(f"{backend}:")]
+    assert out_keys == [f"{backend}:{info['physical']}"]
+    lineage = p.lake.read(S.LINEAGE).where((F.col("run_id") == q.run_id) & (F.col("stage") == "index")).first()
+    assert lineage is not None and f"{backend}:{info['physical']}" in lineage["outputs"]
+    assert f"{backend}:{info['physical']}" in stages["retrieve"].inputs
+    again = Pipeline(cfg, spark=spark).run(["index"])["index"].info
+    assert (again["mode"], again["upserted"], again["deleted"], again["physical"]) == (
+        "incremental", 0, 0, info["physical"]
+    )  # fmt: skip
+    top = {}
+    for h in (p.cfg.stage_hash("retrieve"), cfg.stage_hash("retrieve")):
+        rows = p.lake.read(S.RETRIEVALS).where((F.col("config_hash") == h) & (F.col("rank") == 1)).collect()
+        top[h] = {r.query_id: r.doc_id for r in rows}
+    assert top[p.cfg.stage_hash("retrieve")] == top[cfg.stage_hash("retrieve")]
+
+
+def test_milvus_backend_stages(run, spark) -> None:  # type: ignore[no-untyped-def]
+    p, _, _ = run
+    _backend_stages(p, spark, {"index.backend": "milvus"})
+    assert (Path(p.cfg.index_base) / "milvus.db").is_dir()  # Milvus Lite's folder beside the FAISS builds
+
+
+def test_opensearch_backend_stages(run, spark) -> None:  # type: ignore[no-untyped-def]
+    from rag_spark.index.opensearch_node import LocalOpenSearch, artifacts_dir
+
+    if not (artifacts_dir() / ".fetched").exists():
+        pytest.skip(f"OpenSearch artifacts not in {artifacts_dir()} (`make opensearch` fetches them)")
+    p, _, _ = run
+    with LocalOpenSearch() as node:
+        url = {"index.opensearch.url": node.url, "index.opensearch.dense": "exact"}
+        _backend_stages(p, spark, {"index.backend": "opensearch", **url})
+        cfg = p.cfg.with_dotted({"index.backend": "opensearch", **url, "retrieve.retriever": "bm25"})
+        res = Pipeline(cfg, spark=spark).run(["retrieve"])["retrieve"]
+        assert res.info["retriever"] == "bm25" and any(k.startswith("opensearch:") for k in res.inputs)

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from rag_spark.embed.encoders import Encoder
+from rag_spark.index.backends import Index
 from rag_spark.index.search import ShardedIndex
 from rag_spark.retrieve.fusion import minmax, reciprocal_rank_fusion, weighted_score_fusion
 from rag_spark.retrieve.lexical import BM25Index
@@ -48,9 +49,12 @@ class Retriever(Protocol):
 
 
 class DenseRetriever:
+    """Encoder + any vector index with `search(queries, k) -> SearchResult` (FAISS shards, OpenSearch, Milvus:
+    rag_spark.index.backends)."""
+
     name = "dense"
 
-    def __init__(self, encoder: Encoder, index: ShardedIndex) -> None:
+    def __init__(self, encoder: Encoder, index: ShardedIndex | Index) -> None:
         self.encoder = encoder
         self.index = index
 
