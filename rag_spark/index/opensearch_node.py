@@ -115,6 +115,26 @@ def prepare_home(artifacts: Path | None = None) -> Path:
     return home
 
 
+def _readable_by_others(home: Path) -> Path:
+    """`home`, or a world-readable copy of it under the temp folder when `nobody` could not reach it (a checkout
+    under /root, mode 700). The copy is made once per version and reused."""
+    if all(p.stat().st_mode & 0o001 for p in home.resolve().parents):
+        return home
+    shared = Path(tempfile.gettempdir()) / f"rag-spark-opensearch-home-{VERSION}"
+    if not (shared / ".ready").is_file():
+        work = Path(tempfile.mkdtemp(prefix=f".rag-spark-opensearch-home-{VERSION}-"))
+        shutil.copytree(home, work / "home", symlinks=True)
+        os.chmod(work, 0o755)
+        try:
+            (work / "home").rename(shared)
+        except OSError:  # another process copied it meanwhile
+            if not (shared / ".ready").is_file():
+                raise
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("OpenSearch home copied to %s: nobody cannot reach %s", shared, home)
+    return shared
+
+
 def java_home() -> str:
     """The JDK the node runs on (the integ-test distribution bundles none): `OPENSEARCH_JAVA_HOME`, `JAVA_HOME`,
     or the one `java` on PATH belongs to."""
@@ -186,6 +206,7 @@ class LocalOpenSearch:
             (self.tmp / d).mkdir()
         as_user: list[str] = []
         if os.geteuid() == 0:  # OpenSearch refuses to run as root
+            home = _readable_by_others(home)
             pw = pwd.getpwnam("nobody")
             for p in [self.tmp, *self.tmp.rglob("*")]:
                 os.chown(p, pw.pw_uid, pw.pw_gid)
