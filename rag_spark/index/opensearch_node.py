@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO)
     node = LocalOpenSearch(heap=args.heap, port=args.port).start()
     print(node.url, flush=True)
+    # Both explicitly: a shell's background job inherits SIGINT ignored, and Python then never raises on it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         signal.pause()
     except KeyboardInterrupt:
