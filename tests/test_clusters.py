@@ -113,6 +113,16 @@ def table_rows(lake: Lake, table: S.Table, drop: tuple[str, ...] = ("run_id",)) 
     return sorted((tuple(r) for r in lake.read(table).select(*cols).collect()), key=repr)
 
 
+@pytest.fixture(scope="module")
+def local_base(spark, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """ingest -> clean -> chunk of the tiny dataset in local mode (the session SparkSession): the reference for
+    the Spark cluster run and the input (copied) of the Ray jobs."""
+    out = tmp_path_factory.mktemp("local-base")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(dataset=str(TINY), out=str(out))
+    Pipeline(cfg, spark=spark).run(["ingest", "clean", "chunk"])
+    return out
+
+
 # -- Spark standalone --------------------------------------------------------------------------------------------
 
 
@@ -171,10 +181,10 @@ def _workers_alive(ui_port: int) -> int:
     return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
 
 
-def test_spark_standalone_ingest_equals_local(spark_cluster, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_spark_standalone_ingest_equals_local(spark_cluster, spark, local_base, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """jobs/ingest.py through cluster/spark/submit.sh on the standalone cluster writes the same Delta tables as
     the same stages in local mode (the session-wide local SparkSession)."""
-    cluster_out, local_out = tmp_path / "cluster", tmp_path / "local"
+    cluster_out = tmp_path / "cluster"
     t0 = time.perf_counter()
     proc = subprocess.run(
         [
@@ -186,6 +196,9 @@ def test_spark_standalone_ingest_equals_local(spark_cluster, spark, tmp_path) ->
             str(TINY),
             "--out",
             str(cluster_out),
+            # The lake as a file: URI (storage paths are URIs everywhere; local mode below uses a plain path).
+            "--lake",
+            f"file://{cluster_out}/lake",
         ],
         env=spark_cluster["env"],
         capture_output=True,
@@ -203,12 +216,192 @@ def test_spark_standalone_ingest_equals_local(spark_cluster, spark, tmp_path) ->
     assert len(apps) == 1 and any(apps[0].iterdir()), f"no executor ran on the worker: {list(work.iterdir())}"
     print(f"spark-submit ingest on the standalone cluster: {submit_s:.1f} s")
 
-    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(dataset=str(TINY), out=str(local_out))
-    Pipeline(cfg, spark=spark).run(["ingest", "clean", "chunk"])
-    cluster_lake, local_lake = Lake(spark, str(cluster_out / "lake")), Lake(spark, str(local_out / "lake"))
+    cluster_lake, local_lake = Lake(spark, f"file://{cluster_out}/lake"), Lake(spark, str(local_base / "lake"))
     for table in SPARK_TABLES:
         got, want = table_rows(cluster_lake, table), table_rows(local_lake, table)
         assert want, f"{table.name}: the local run wrote no rows"
         assert got == want, f"{table.name}: cluster and local runs differ"
     lineage = {r.stage for r in cluster_lake.read(S.LINEAGE).collect()}
     assert lineage == {"ingest", "clean", "chunk"}
+
+
+# -- Ray: two nodes on this machine ------------------------------------------------------------------------------
+
+RAY = ROOT / ".venv" / "bin" / "ray"
+
+
+def _ray_ports() -> list[str]:
+    """Every port a Ray node opens, free ones, so this cluster never meets another Ray on the machine."""
+    flags = [
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+    ]
+    return [x for flag in flags for x in (flag, str(free_port()))]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """A head (2 CPUs, dashboard for `ray job submit`) and a second node (2 CPUs) joined to it, token auth with a
+    fresh token in the environment (no ~/.ray/auth_token written), sessions under a temp folder. Torn down by
+    pid: the two `ray start --block` processes, then any process still naming the temp folder."""
+    tmp = Path(tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp"))  # short: Ray's unix socket paths must fit 107 bytes
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        # As on a node where the venv is activated: the job's `python` (and the workers') is the venv's.
+        "PATH": os.pathsep.join([str(ROOT / ".venv" / "bin"), os.environ.get("PATH", "")]),
+    }
+    port, dash = free_port(), free_port()
+    # Two logical CPUs per node: Ray Data's ListFiles, repartition and write tasks each ask for a whole CPU, so a
+    # 1-CPU node that hosts a (fractional) embedding actor can never run them and the dataset deadlocks.
+    common = ["--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--object-store-memory", "300000000"]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        head_log = (tmp / "head.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", "--head", "--port", str(port), "--include-dashboard", "true", "--dashboard-host",
+                 "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
+                 "--temp-dir", str(tmp / "ray"), *common, *_ray_ports()],
+                env=env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        )  # fmt: skip
+        wait_until(lambda: port_open(dash), 120, "Ray head dashboard", tmp / "head.log")
+        worker_log = (tmp / "worker.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", "--address", f"127.0.0.1:{port}", *common, *_ray_ports()],
+                env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        )  # fmt: skip
+        address = f"http://127.0.0.1:{dash}"
+        wait_until(lambda: len(_ray_list("nodes", address, env)) == 2, 120, "second Ray node", tmp / "worker.log")
+        yield {"address": address, "env": env, "tmp": tmp}
+    finally:
+        kill_pids([p.pid for p in procs], grace=20)
+        kill_pids(pids_mentioning(str(tmp)))
+        for p in procs:
+            p.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_list(what: str, address: str, env: dict[str, str], *filters: str) -> list[dict[str, Any]]:
+    """`ray list <what>` (the state API through the dashboard) as JSON; [] while the cluster is not answering."""
+    cmd = [str(RAY), "list", what, "--address", address, "--format", "json", "--limit", "10000", "--detail"]
+    for f in filters:
+        cmd += ["--filter", f]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 or not proc.stdout.lstrip().startswith("["):  # e.g. "No resource in the cluster"
+        return []
+    rows: list[dict[str, Any]] = json.loads(proc.stdout or "[]")
+    return [r for r in rows if what != "nodes" or r.get("state") == "ALIVE"]
+
+
+def _ray_submit(cluster: dict[str, Any], config: Path, job: str, *args: str) -> tuple[str, float]:
+    """cluster/ray/submit.sh CONFIG JOB (ray job submit, waits for the job); returns (Ray job id, seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [ROOT / "cluster" / "ray" / "submit.sh", cluster["address"], config, job, *args],
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[:4000] + proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "succeeded" in proc.stdout, proc.stdout[-3000:]
+    jobs = [
+        j
+        for j in _ray_list("jobs", cluster["address"], cluster["env"])
+        if j.get("submission_id", "").startswith(f"rag-spark-{job}-")
+    ]
+    jobs.sort(key=lambda j: j.get("start_time") or 0)
+    assert jobs, "the submitted job is not in `ray list jobs`"
+    return str(jobs[-1]["job_id"]), seconds
+
+
+def _nodes_of_calls(cluster: dict[str, Any], job_id: str, name: str) -> dict[str, int]:
+    """Finished actor-method calls of job `job_id` whose name contains `name`, counted per node id."""
+    tasks = _ray_list("tasks", cluster["address"], cluster["env"], f"job_id={job_id}")
+    counts: dict[str, int] = {}
+    for t in tasks:
+        if name in (t.get("name") or "") and t.get("type") == "ACTOR_TASK" and t.get("state") == "FINISHED":
+            counts[t["node_id"]] = counts.get(t["node_id"], 0) + 1
+    return counts
+
+
+def test_ray_two_nodes_embed_and_qa_equal_local(ray_cluster, ray_local, spark, local_base, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """jobs/embed.py and jobs/qa.py through cluster/ray/submit.sh on the 2-node cluster: actor calls ran on both
+    nodes, and embeddings, index size, retrievals and answers equal a local run of the same config."""
+    import numpy as np
+
+    settings = {
+        "dataset": str(TINY),
+        "ray": {"address": "auto"},
+        # The job runs from the uploaded working dir, which has no .jars/: the head's Delta jars by absolute path.
+        "spark": {"jars_dir": str(ROOT / ".jars")},
+        # Small actor calls so both embedding actors get work; fractional CPUs leave room for the read tasks.
+        "embed": {"batch_size": 8, "batches_per_call": 1, "actors": 2, "cpus_per_actor": 0.5},
+        "index": {"shards": 2},
+        # One engine per node (each takes a node's 2 CPUs); two pieces per round, one per actor.
+        "generate": {"backend": "llamacpp", "actors": 2, "cpus_per_actor": 2, "cpu_threads": 1, "batch_size": 3},
+    }
+    base = load_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
+    runs: dict[str, Path] = {}
+    for name in ("cluster", "local"):
+        out = tmp_path / name
+        shutil.copytree(local_base / "lake", out / "lake")
+        cfg = {**base, **settings, "out": str(out)}
+        if name == "cluster":  # the cluster's lake as a file: URI: staging, Ray reads and cleanup through URIs
+            cfg["lake"] = f"file://{out}/lake"
+        cfg["spark"] = {**base["spark"], **settings["spark"]}
+        cfg["embed"] = {**base["embed"], **settings["embed"]}
+        cfg["generate"] = {**base["generate"], **settings["generate"]}
+        if name == "local":
+            # The in-process local Ray has 2 CPUs; the engines' CPU request (part of the generate config hash, so
+            # answers are compared without it) must fit it. Threads are pinned to 1 in both runs.
+            cfg["ray"] = base["ray"]
+            cfg["generate"]["cpus_per_actor"] = 1
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps(cfg))  # JSON is YAML
+        runs[name] = path
+
+    embed_job, embed_s = _ray_submit(ray_cluster, runs["cluster"], "embed")
+    qa_job, qa_s = _ray_submit(ray_cluster, runs["cluster"], "qa")
+    print(f"ray job submit embed: {embed_s:.1f} s, qa: {qa_s:.1f} s")
+    nodes = {n["node_id"] for n in _ray_list("nodes", ray_cluster["address"], ray_cluster["env"])}
+    embed_calls = _nodes_of_calls(ray_cluster, embed_job, "EmbedBatch")
+    qa_calls = _nodes_of_calls(ray_cluster, qa_job, "AnswerBatch.answer")
+    assert set(embed_calls) == nodes, f"embedding calls per node {embed_calls}, nodes {nodes}"
+    assert set(qa_calls) == nodes, f"QA calls per node {qa_calls}, nodes {nodes}"
+
+    local = Pipeline(load_config(runs["local"]), spark=spark)
+    local.run(["embed", "index"])
+    local.qa()
+    cluster_lake, local_lake = Lake(spark, f"file://{tmp_path}/cluster/lake"), local.lake
+    # Every staging folder exchanged with Ray was removed, also behind the file: URI.
+    assert not list((tmp_path / "cluster" / "lake" / "_staging").glob("*"))
+
+    def vectors(lake: Lake) -> dict[str, Any]:
+        return {r.chunk_id: np.array(r.vector) for r in lake.read(S.EMBEDDINGS).select("chunk_id", "vector").collect()}
+
+    got, want = vectors(cluster_lake), vectors(local_lake)
+    assert want and set(got) == set(want) == {r.chunk_id for r in local_lake.read(S.CHUNKS).collect()}
+    for cid, v in want.items():
+        np.testing.assert_allclose(got[cid], v, atol=1e-5, err_msg=cid)
+    assert table_rows(cluster_lake, S.EMBEDDINGS, ("run_id", "vector")) == table_rows(
+        local_lake, S.EMBEDDINGS, ("run_id", "vector")
+    )
+    volatile = ("run_id", "latency_ms")
+    assert table_rows(cluster_lake, S.RETRIEVALS, volatile) == table_rows(local_lake, S.RETRIEVALS, volatile)
+    answers = table_rows(local_lake, S.ANSWERS, (*volatile, "config_hash"))
+    assert len(answers) == local_lake.read(S.QUERIES).count() > 0
+    assert table_rows(cluster_lake, S.ANSWERS, (*volatile, "config_hash")) == answers
