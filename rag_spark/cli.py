@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rag_spark import storage
 from rag_spark.config import ConfigError, PipelineConfig, load_config
 
 log = logging.getLogger("rag_spark")
@@ -107,8 +108,8 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _print_summary(out: str) -> None:
-    metrics_path = Path(out) / "metrics.json"
-    report = Path(out) / "report.html"
+    metrics_path = storage.local_path(out, "out") / "metrics.json"
+    report = storage.local_path(out, "out") / "report.html"
     if report.exists():
         print(f"report:  {report.resolve()}")
     if metrics_path.exists():
@@ -205,7 +206,7 @@ def _report_run(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     spark = build_spark(cfg.spark)
     lake_root = cfg.resolved().lake_root
     run = load_run(Lake(spark, lake_root), args.run)
-    out = Path(args.out) if args.out else Path(run.cfg.out)
+    out = storage.local_path(args.out or run.cfg.out, "out")
     path = report_for_run(spark, lake_root, args.run, out / "report.html")
     print(f"report:  {path.resolve()}  (run {args.run}, from the tables of {lake_root})")
     return 0

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rag_spark import storage
+
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 PACKAGED_E5 = "packaged:multilingual-e5-small"
 PACKAGED_SMOLLM2 = "packaged:SmolLM2-135M-Instruct"
@@ -752,11 +754,12 @@ class PipelineConfig(_Section):
 
     @property
     def lake_root(self) -> str:
-        return self.lake or str(Path(self.out) / "lake")
+        # Joined as a string: Path() would turn "file:///x" into "file:/x" and "s3://b" into "s3:/b".
+        return self.lake or storage.join(self.out, "lake")
 
     @property
     def index_base(self) -> str:
-        return self.index_dir or str(Path(self.out) / "index")
+        return self.index_dir or storage.join(self.out, "index")
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that decide a stage's output: its own section and every upstream one."""
@@ -803,7 +806,9 @@ class PipelineConfig(_Section):
         `generate.backend: auto` replaced by the backend that will run (so stage hashes name it)."""
 
         def absolute(path: str | None) -> str | None:
-            return path if path is None or "://" in path else str(Path(path).expanduser().resolve())
+            if path is None or storage.scheme(path) is not None:  # URIs are absolute already
+                return path
+            return str(Path(path).expanduser().resolve())
 
         g = self.generate
         return self.model_copy(

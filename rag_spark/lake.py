@@ -16,26 +16,27 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from rag_spark import storage
 from rag_spark.schema import LINEAGE, Table
 
 log = logging.getLogger(__name__)
 
 
 class Lake:
-    """Delta tables under one root folder (a local path or an object-store URI)."""
+    """Delta tables under one root folder: a local path, a `file:` URI or an object-store URI (`s3a://`,
+    `abfss://`, `gs://`...: whatever Spark's Hadoop connectors read; `rag_spark.storage`)."""
 
     def __init__(self, spark: SparkSession, root: str) -> None:
         self.spark = spark
         self.root = root.rstrip("/")
-        if "://" not in self.root:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+        if not storage.is_remote(self.root):
+            storage.local_path(self.root, "lake").mkdir(parents=True, exist_ok=True)
 
     def path(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
@@ -180,11 +181,10 @@ class Lake:
         """Writes `df` as one tab-separated file with a header, sorted by `sort_by`; returns its path.
 
         Spark writes a folder of parts; one sorted partition is written next to `path` and its single part
-        renamed, so a reader gets one plain file and a crash never leaves a half-written `path`. Local paths only.
+        renamed, so a reader gets one plain file and a crash never leaves a half-written `path`. Local paths (or
+        `file:` URIs) only.
         """
-        if "://" in path:
-            raise ValueError(f"export_tsv writes local files only, not {path}")
-        target = Path(path)
+        target = storage.local_path(path, "export_tsv")
         parts = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         (
             df.repartition(1)
@@ -204,7 +204,7 @@ class Lake:
 
     def staging_dir(self, name: str) -> str:
         """A fresh folder for parquet files exchanged with Ray workers (never read as a table)."""
-        return f"{self.root}/_staging/{name}-{uuid.uuid4().hex[:8]}"
+        return storage.join(self.root, "_staging", f"{name}-{uuid.uuid4().hex[:8]}")
 
     def write_staging(self, df: DataFrame, name: str) -> str:
         path = self.staging_dir(name)
@@ -215,5 +215,11 @@ class Lake:
         return self.spark.read.parquet(path)
 
     def drop_staging(self, path: str) -> None:
-        if "://" not in path:
-            shutil.rmtree(path, ignore_errors=True)
+        """Deletes a staging folder wherever the lake is, through Spark's Hadoop file system for its scheme (the
+        connector and credentials the lake is written with); a folder that is already gone is fine."""
+        jvm = self.spark._jvm  # type: ignore[attr-defined]
+        assert jvm is not None, "drop_staging needs a classic (JVM) SparkSession"
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        fs = hpath.getFileSystem(self.spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+        if fs.exists(hpath) and not fs.delete(hpath, True):
+            log.warning("could not delete staging folder %s", path)

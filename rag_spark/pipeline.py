@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from rag_spark import schema as S
+from rag_spark import storage
 from rag_spark.clean.chunk import chunk_documents
 from rag_spark.clean.dedup_exact import dedup_exact
 from rag_spark.clean.dedup_minhash import dedup_near
@@ -97,12 +98,12 @@ class Pipeline:
 
     @property
     def index_root(self) -> Path:
-        return Path(self.cfg.index_base) / model_id(self.cfg.embed.model)
+        return storage.local_path(self.cfg.index_base, "index_dir") / model_id(self.cfg.embed.model)
 
     @property
     def bm25_root(self) -> Path:
         """BM25 builds, one folder per (settings, chunks version), beside the FAISS builds."""
-        return Path(self.cfg.out) / "index" / "bm25"
+        return storage.local_path(self.cfg.out, "out") / "index" / "bm25"
 
     def _meta(self, stage: str, inputs: dict[str, int]) -> dict[str, Any]:
         return {
@@ -800,7 +801,9 @@ class Pipeline:
         try:
             with GenerationPool(self.cfg) as pool:
                 pending: tuple[pd.DataFrame, list[Any]] | None = None
-                for batch in pads.dataset(staged, format="parquet").to_batches(batch_size=qcfg.batch_size):
+                for batch in pads.dataset(storage.arrow_location(staged), format="parquet").to_batches(
+                    batch_size=qcfg.batch_size
+                ):
                     if batch.num_rows == 0:
                         continue
                     docs, inputs = prepare(batch)
@@ -830,7 +833,7 @@ class Pipeline:
         summary["timings_s"]["evaluate"] = round(time.perf_counter() - t0, 3)
         res.outputs["runs"] = record_run(self, summary, self._meta("evaluate", res.inputs))
         self._finish(res, t0)
-        out = Path(self.cfg.out)
+        out = storage.local_path(self.cfg.out, "out")
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
         res.info = summary
@@ -844,7 +847,7 @@ class Pipeline:
         t0 = time.perf_counter()
         res = StageResult("report")
         inputs = assemble_inputs(self, res)
-        path = write_report(inputs, Path(self.cfg.out) / "report.html")
+        path = write_report(inputs, storage.local_path(self.cfg.out, "out") / "report.html")
         res.info = {"path": str(path)}
         res.rows = len(inputs.cases)
         return self._finish(res, t0)

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame
 
 from rag_spark.config import PipelineConfig, RayConfig
 from rag_spark.embed.models import model_id
+from rag_spark.storage import arrow_location
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def map_with_actor_pool(
 
     _quiet_progress()
     # Ray's reader coalesces small files into one block; smaller blocks keep every actor busy.
-    ds = ray.data.read_parquet(staged_in).repartition(target_num_rows_per_block=rows_per_block)
+    ds = ray.data.read_parquet(arrow_location(staged_in)).repartition(target_num_rows_per_block=rows_per_block)
     ds = ds.map_batches(
         fn,
         fn_constructor_kwargs=fn_kwargs,
@@ -88,7 +89,7 @@ def map_with_actor_pool(
         # node lost, SIGKILL) and retries its batch on the new one (max_restarts=-1, max_task_retries=-1), so every
         # row comes out exactly once (tests/test_faults.py); passing them through ray_remote_args is deprecated.
     )
-    ds.write_parquet(staged_out)
+    ds.write_parquet(arrow_location(staged_out))
 
 
 def embed_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig, run_id: str) -> None:

@@ -9,6 +9,8 @@
 # the checkout travels with the working directory (the job reads it by its relative path); any other config must
 # be at the same absolute path on the head (a shared volume or the ConfigMap mount of cluster/ray/k8s/).
 # With token auth (RAY_AUTH_MODE=token on the cluster), export the same RAY_AUTH_MODE and the token here.
+# The job runs `python` from the PATH of the head's `ray start` (start Ray from the activated venv or image), or
+# JOB_PYTHON (an absolute interpreter path on the head).
 set -euo pipefail
 usage="usage: submit.sh http://HEAD:8265 CONFIG.yaml embed|qa [JOB ARGS...] (extra args go to the job)"
 address=${1:?$usage}
@@ -25,4 +27,4 @@ exec "${RAY:-$root/.venv/bin/ray}" job submit \
   --address "$address" \
   --runtime-env cluster/ray/runtime_env.yaml \
   --submission-id "rag-spark-$job-$(date -u +%Y%m%dT%H%M%SZ)" \
-  -- python "jobs/$job.py" --config "$rel" "$@"
+  -- "${JOB_PYTHON:-python}" "jobs/$job.py" --config "$rel" "$@"

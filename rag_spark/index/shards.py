@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rag_spark import storage
 from rag_spark.index.manifest import ShardInfo, sha256_file
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def vectors_from_arrow(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def read_shard_vectors(shard_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads one shard's staged parquet files (written by Spark, partitioned by shard)."""
-    if not Path(shard_dir).exists():
+    # A shard no chunk hashed to has no folder. A path or URI (file:, s3:, gs:...) through pyarrow's file systems.
+    if not storage.exists(shard_dir):
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    return vectors_from_arrow(pq.read_table(shard_dir, columns=["chunk_key", "vector"]))
+    return vectors_from_arrow(pq.read_table(storage.arrow_location(shard_dir), columns=["chunk_key", "vector"]))
 
 
 def add_staged(index: faiss.Index, shard_dir: str) -> int:
