@@ -447,7 +447,8 @@ class Pipeline:
         def batches(only: set[str] | None) -> Iterator[pa.Table]:
             if not staged:
                 staged.append(self.lake.write_staging(rows.select(*COLUMNS), "index-ext-in"))
-            ds = pads.dataset(staged[0], format="parquet")
+            fs, path = storage.arrow_filesystem(staged[0])  # staging may be on an object store
+            ds = pads.dataset(path, filesystem=fs, format="parquet")
             flt = None if only is None else pc.field("chunk_id").isin(sorted(only))
             for b in ds.to_batches(batch_size=batch_rows, filter=flt):
                 if b.num_rows:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from rag_spark import storage
 from rag_spark.config import IndexConfig, MilvusConfig, OpenSearchConfig
 from rag_spark.index.search import SearchResult
 
@@ -646,5 +647,6 @@ def open_external(cfg: IndexConfig, model_id: str, index_base: str | Path) -> Ex
     if cfg.backend == "opensearch":
         return OpenSearchIndex(cfg.opensearch, cfg.metric, model_id)  # type: ignore[return-value]
     if cfg.backend == "milvus":
-        return MilvusIndex(cfg.milvus, cfg.metric, model_id, Path(index_base) / "milvus.db")  # type: ignore[return-value]
+        db = storage.local_path(str(index_base), "index_dir") / "milvus.db"  # Milvus Lite needs a local file
+        return MilvusIndex(cfg.milvus, cfg.metric, model_id, db)  # type: ignore[return-value]
     raise ValueError(f"index.backend={cfg.backend!r} is not an external backend (opensearch, milvus)")
