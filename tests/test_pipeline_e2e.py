@@ -96,6 +96,8 @@ def test_metrics_in_range(run) -> None:  # type: ignore[no-untyped-def]
     assert comparison["n"] == 6 and comparison["diff"] == pytest.approx(a["f1"] - a["f1_no_retrieval"], abs=1e-6)
     assert 0.0 <= comparison["p"] <= 1.0
     assert set(m["timings_s"]) >= {"ingest", "clean", "chunk", "embed", "index", "retrieve", "generate"}
+    n_chunks = p.lake.read(S.CHUNKS).count()
+    assert m["index"]["backend"] == "faiss" and m["index"]["chunks"] == n_chunks and m["index"]["bytes"] > 0
     assert m["run_id"] == p.run_id and m["config_hash"] == p.cfg.config_hash
 
 

@@ -806,3 +806,19 @@ def test_headline_cards_show_intervals() -> None:
     )
     text = next(d.text for d in select(build_sections(inputs)["overview"], Div) if d.name == "headline")
     assert "95% CI 0.410 – 0.590" in text and "Answer F1" not in text  # no card for an unmeasured metric
+
+
+def test_top_k_overlap_is_recall_against_the_reference_results() -> None:
+    from rag_spark.report.assemble import top_k_overlap
+
+    def ret(rows: list[tuple[str, int, str]]) -> pd.DataFrame:
+        return pd.DataFrame(rows, columns=["query_id", "rank", "doc_id"])
+
+    exact = ret([("q1", 1, "a"), ("q1", 2, "b"), ("q2", 1, "c"), ("q2", 2, "d"), ("q2", 3, "z")])
+    approx = ret([("q1", 1, "b"), ("q1", 2, "a"), ("q2", 1, "c"), ("q2", 2, "x"), ("q2", 3, "d")])
+    assert top_k_overlap(exact, exact, 2) == 1.0
+    # q1: both found (order does not matter); q2: top-2 {c, d} vs {c, x} -> 1 of 2
+    assert top_k_overlap(approx, exact, 2) == pytest.approx(0.75)
+    assert top_k_overlap(approx, exact, 3) == pytest.approx((1.0 + 2 / 3) / 2)
+    assert top_k_overlap(ret([]), exact, 2) == 0.0  # nothing retrieved: nothing recalled
+    assert np.isnan(top_k_overlap(approx, ret([]), 2))

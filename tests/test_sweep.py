@@ -106,6 +106,13 @@ def test_one_report_compares_all_variants(swept, tmp_path: Path) -> None:  # typ
     k3 = comp.loc[("mrr@10", "retrieve.k=3")]
     assert k3["diff"] == 0.0 or k3["diff"] <= 0  # a shorter list can only lose the ranks 4-5
     assert any("configurations" in s for s in inputs.analysis)
+    # Cost beside quality: each run's index (backend, size, stage time) and its top 10 against this run's.
+    conf = inputs.configurations.set_index("variant")
+    assert conf.loc["retrieve.k=5", "overlap@10"] == 1.0  # the report's own run is the reference
+    assert 0 < conf.loc["retrieve.k=3", "overlap@10"] < 1  # 3 documents of the reference's 5 at most
+    assert set(conf["index_backend"]) == {"faiss"} and (conf["index_s"] > 0).all()
+    hnsw = next(n for n in result.runs if "HNSW16" in n)
+    assert conf.loc[hnsw, "index_mb"] > conf.loc["retrieve.k=5", "index_mb"] > 0  # the graph costs space
     page = result.report.read_text(encoding="utf-8")  # type: ignore[union-attr]
     for name in result.runs:
         assert name in page

@@ -90,6 +90,29 @@ def _timings(p: Pipeline) -> dict[str, float]:
     return out
 
 
+def _index_summary(p: Pipeline) -> dict[str, Any]:
+    """The vector index the run searched: backend, build, chunks and bytes on disk, so a sweep over backends can
+    compare their cost beside their quality. The metrics stay valid without it: an index that is gone or an
+    engine that does not answer is recorded as an error, not raised."""
+    from rag_spark.embed.models import model_id
+    from rag_spark.index.backends import FaissIndex, open_external
+
+    icfg = p.cfg.index
+    try:
+        if icfg.backend == "faiss":
+            index: Any = FaissIndex(p.index_root, icfg, p.cfg.embed)
+        else:
+            index = open_external(icfg, model_id(p.cfg.embed.model), p.cfg.index_base)
+        try:
+            st = index.stats()
+        finally:
+            index.close()
+    except Exception as err:  # any client's error (pymilvus, opensearch-py, FAISS): statistics only
+        log.warning("evaluate: no index statistics for %s: %s", icfg.backend, err)
+        return {"backend": icfg.backend, "error": f"{type(err).__name__}: {err}"}
+    return {"backend": st.backend, "build": st.physical or st.name, "chunks": st.count, "bytes": st.bytes}
+
+
 def _json_number(v: float | int) -> float | int | None:
     """Rounded for metrics.json; NaN (nothing to measure) becomes null, which JSON can represent."""
     if isinstance(v, float):
@@ -338,6 +361,7 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
         "comparisons": {k: {m: _json_value(v) for m, v in c.items()} for k, c in comparisons.items()},
         "counts": counts,
         "timings_s": _timings(p),
+        "index": _index_summary(p),
         "bootstrap": {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed, "level": 0.95, "unit": "question"},
         "evaluated_on": scope_info,
     }
@@ -402,6 +426,9 @@ def metric_rows(run_id: str, eh: str, summary: dict[str, Any]) -> list[tuple[str
     for scope in ("retrieval", "answers", "counts", "timings_s"):
         for name, v in summary[scope].items():
             add(scope, name, v)
+    for name in ("chunks", "bytes"):  # the index's size; its backend and build name are in summary_json
+        if isinstance(summary.get("index", {}).get(name), int):
+            add("index", name, summary["index"][name])
     for comp, fields in summary.get("comparisons", {}).items():
         for f, v in fields.items():
             add("comparisons", f"{comp}:{f}", v)

@@ -127,6 +127,7 @@ def _details(lake: Lake, run_id: str) -> pd.DataFrame:
 
 def _configuration_row(rec: RunRecord) -> dict[str, Any]:
     r, a = rec.summary.get("retrieval", {}), rec.summary.get("answers", {})
+    idx = rec.summary.get("index") or {}
 
     def ci(section: dict[str, Any], key: str, i: int) -> float:
         v = section.get(f"{key}_ci95")
@@ -153,7 +154,25 @@ def _configuration_row(rec: RunRecord) -> dict[str, Any]:
         "groundedness": num(a, "groundedness"),
         "latency_ms_p50": num(r, "latency_ms_p50"),
         "latency_ms_p95": num(r, "latency_ms_p95"),
+        "index_backend": idx.get("backend", rec.cfg.index.backend),
+        "index_mb": idx["bytes"] / 1e6 if idx.get("bytes") is not None else float("nan"),
+        "index_s": num(rec.summary.get("timings_s", {}), "index"),
     }
+
+
+def top_k_overlap(ret: pd.DataFrame, reference: pd.DataFrame, k: int) -> float:
+    """Mean over the reference's questions of |top-k documents ∩ the reference's top-k| / |the reference's top-k|:
+    with an exact index (FAISS Flat) as the reference, the recall@k of an approximate index or another engine
+    against the exact results. NaN when the reference retrieved nothing."""
+    if reference.empty:
+        return float("nan")
+
+    def top(df: pd.DataFrame) -> pd.Series:
+        return df[df["rank"] <= k].groupby("query_id")["doc_id"].apply(set)
+
+    ref, got = top(reference), top(ret)
+    shares = [len(docs & got.get(q, set())) / len(docs) for q, docs in ref.items() if docs]
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 def analysis_sentences(
@@ -312,6 +331,7 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
         lat = ret.groupby("query_id", as_index=False)["latency_ms"].first()
         lats.append(lat.assign(config=rec.name))
     configurations = pd.DataFrame([_configuration_row(rec) for rec in runs])
+    configurations["overlap@10"] = [top_k_overlap(retrievals_of(rec), retrievals_of(main), 10) for rec in runs]
     latencies_by_config = pd.concat(lats, ignore_index=True) if lats else pd.DataFrame()
 
     # Paired comparisons: the run vs its no-retrieval baseline, then every other variant vs the run.

@@ -293,6 +293,10 @@ def configurations_table(configurations: pd.DataFrame) -> DataTable | Div:
         ("groundedness", "grounded"),
         ("latency_ms_p50", "p50 ms"),
         ("latency_ms_p95", "p95 ms"),
+        ("overlap@10", "top-10 ∩ this run"),
+        ("index_backend", "index"),
+        ("index_mb", "index MB"),
+        ("index_s", "index stage s"),
         ("run_id", "run"),
     ]
     return data_table(
