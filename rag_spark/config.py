@@ -389,6 +389,13 @@ class EmbedConfig(_Section):
 _INDEX_NAME = re.compile(r"^[a-z][a-z0-9_]{0,100}$")
 
 
+def _check_index_name(v: str) -> str:
+    """An OpenSearch index or Milvus collection name that is valid on both engines."""
+    if not _INDEX_NAME.match(v):
+        raise ValueError(f"must be lower-case letters, digits and _ starting with a letter, got {v!r}")
+    return v
+
+
 class OpenSearchConfig(_Section):
     """`index.backend: opensearch`: one OpenSearch (or Elasticsearch-compatible) index behind an alias.
 
@@ -426,12 +433,7 @@ class OpenSearchConfig(_Section):
             raise ValueError("url must not hold credentials: name environment variables in user_env/password_env")
         return v
 
-    @field_validator("index")
-    @classmethod
-    def _valid_index(cls, v: str) -> str:
-        if not _INDEX_NAME.match(v):
-            raise ValueError(f"must be lower-case letters, digits and _ starting with a letter, got {v!r}")
-        return v
+    _valid_index = field_validator("index")(_check_index_name)
 
     @model_validator(mode="after")
     def _check_env(self) -> OpenSearchConfig:
@@ -467,12 +469,7 @@ class MilvusConfig(_Section):
             raise ValueError(f"must be one of {', '.join(MILVUS_INDEX_TYPES)}, got {v!r}")
         return v.upper()
 
-    @field_validator("collection")
-    @classmethod
-    def _valid_collection(cls, v: str) -> str:
-        if not _INDEX_NAME.match(v):
-            raise ValueError(f"must be lower-case letters, digits and _ starting with a letter, got {v!r}")
-        return v
+    _valid_collection = field_validator("collection")(_check_index_name)
 
     @model_validator(mode="after")
     def _check_env(self) -> MilvusConfig:
