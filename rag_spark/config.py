@@ -257,7 +257,10 @@ class NearDedupConfig(_Section):
     """Character n-grams (over the UTF-8 bytes of the normalized text) or word n-grams."""
     shingle_size: int = Field(5, ge=1, le=64)
     num_perm: int = Field(128, ge=8, le=1024)
-    """MinHash permutations (signature length)."""
+    """MinHash signature length (permutations, or bins of one-permutation hashing)."""
+    hashing: Literal["one_permutation", "permutations"] = "one_permutation"
+    """How the signature is drawn: one hash per shingle into num_perm bins with optimal densification (O(shingles),
+    the default), or num_perm hash permutations of every shingle (O(shingles x num_perm), the textbook way)."""
     bands: int = Field(32, ge=1)
     """LSH bands; num_perm must be a multiple of bands (rows per band = num_perm / bands)."""
     threshold: float = Field(0.6, gt=0, le=1)

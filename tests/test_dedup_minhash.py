@@ -93,8 +93,10 @@ def test_shingles_and_signature_estimate_jaccard() -> None:
     expected = [{t[i : i + 5] for i in range(len(t) - 4)} for t in texts[:2]]
     assert [len(s) for s in sets] == [len(expected[0]), len(expected[1]), 0, 1]  # short text: one shingle
     exact = len(sets[0] & sets[1]) / len(sets[0] | sets[1])
-    sig = minhash_signatures(doc, h, len(texts), 512, 1)
-    assert abs((sig[0] == sig[1]).mean() - exact) < 0.08
+    for method in ("one_permutation", "permutations"):
+        sig = minhash_signatures(doc, h, len(texts), 512, 1, method)
+        assert abs((sig[0] == sig[1]).mean() - exact) < 0.08, method
+        assert (sig[2] == 0xFFFFFFFF).all() and (sig[3] != 0xFFFFFFFF).all()  # no shingle: sentinel; one: filled
     wdoc, _ = shingle_hashes(data, offsets, "word", 2)
     assert np.bincount(wdoc, minlength=4).tolist() == [8, 8, 0, 1]
 

@@ -90,19 +90,26 @@ POOL = [f"w{i}" for i in range(400)]
     b=st.sets(st.sampled_from(POOL), min_size=1, max_size=200),
     seed=st.integers(0, 2**16),
 )
-def test_minhash_estimates_jaccard(a: set[str], b: set[str], seed: int) -> None:
+@pytest.mark.parametrize("method", ["one_permutation", "permutations"])
+def test_minhash_estimates_jaccard(method: str, a: set[str], b: set[str], seed: int) -> None:
     # Word 1-shingles of space-joined distinct words: the shingle sets are exactly `a` and `b`.
     texts = [" ".join(sorted(a)), " ".join(sorted(b)), " ".join(sorted(a))]
     data, offsets = _arrow(texts)
     doc, h = shingle_hashes(data, offsets, "word", 1)
     num_perm = 256
-    sig = minhash_signatures(doc, h, len(texts), num_perm, seed)
+    sig = minhash_signatures(doc, h, len(texts), num_perm, seed, method)
     est = float((sig[0] == sig[1]).mean())
     exact = len(a & b) / len(a | b)
     assert 0.0 <= est <= 1.0
     assert (sig[0] == sig[2]).all()  # identical texts: similarity exactly 1.0
     # The estimate is a mean of num_perm Bernoulli(J) draws: sd <= 0.5 / 16 = 0.031; 0.16 is over 5 sd.
-    assert abs(est - exact) <= 0.16, (est, exact)
+    tolerance = 0.16
+    if method == "one_permutation":
+        # Shingles of the union that fall into one bin act as one element (with 3 shingles in 256 bins, about one
+        # case in 85), which moves J by up to ~1/|a | b|: noticeable only for tiny sets, which real documents
+        # (hundreds of shingles) are not.
+        tolerance += 1 / len(a | b)
+    assert abs(est - exact) <= tolerance, (est, exact)
     if not a & b:
         assert est <= 0.1
     if a == b:
@@ -111,11 +118,12 @@ def test_minhash_estimates_jaccard(a: set[str], b: set[str], seed: int) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(texts=st.lists(TEXT, min_size=2, max_size=6), seed=st.integers(0, 2**16))
-def test_minhash_char_shingles_bounds_and_identity(texts: list[str], seed: int) -> None:
+@pytest.mark.parametrize("method", ["one_permutation", "permutations"])
+def test_minhash_char_shingles_bounds_and_identity(method: str, texts: list[str], seed: int) -> None:
     texts = [t.encode("utf-8", "ignore").decode("utf-8") for t in texts] + [texts[0]]
     data, offsets = _arrow(texts)
     doc, h = shingle_hashes(data, offsets, "char", 5)
-    sig = minhash_signatures(doc, h, len(texts), 64, seed)
+    sig = minhash_signatures(doc, h, len(texts), 64, seed, method)
     for i in range(len(texts)):
         sim = (sig[i][None, :] == sig).mean(axis=1)
         assert ((sim >= 0) & (sim <= 1)).all()

@@ -38,16 +38,35 @@ def html_to_text(html: str) -> str:
     return plain
 
 
-def normalize_text(text: str, unicode_form: UnicodeForm = "NFKC", fix_mojibake: bool = True) -> str:
-    """Repairs mojibake, normalizes Unicode, drops control/zero-width characters, tidies whitespace."""
-    if fix_mojibake:
-        text = ftfy.fix_text(text, normalization=unicode_form)
-    text = unicodedata.normalize(unicode_form, text)
+def _normalize_once(text: str, unicode_form: UnicodeForm, fix_mojibake: bool) -> tuple[str, bool]:
+    """One pass of `normalize_text`; the flag says whether repair or control removal changed anything."""
+    repaired = ftfy.fix_text(text, normalization=unicode_form) if fix_mojibake else text
+    touched = repaired != text
+    text = unicodedata.normalize(unicode_form, repaired)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    stripped = _CONTROL.sub("", text)
+    touched = touched or stripped != text
+    text = "\n".join(_SPACES.sub(" ", line).strip() for line in stripped.split("\n"))
     text = _BLANK_LINES.sub("\n\n", text)
-    return text.strip()
+    return text.strip(), touched
+
+
+def normalize_text(text: str, unicode_form: UnicodeForm = "NFKC", fix_mojibake: bool = True) -> str:
+    """Repairs mojibake, normalizes Unicode, drops control/zero-width characters, tidies whitespace.
+
+    Idempotent: a repair can uncover more (C1 controls mapped to cp1252 punctuation form new mojibake with their
+    neighbours; removing a control joins two characters), so when a pass repaired or removed something, passes are
+    repeated until the text stops changing (at most 4). Clean text costs one pass.
+    """
+    out, touched = _normalize_once(text, unicode_form, fix_mojibake)
+    for _ in range(3):
+        if not touched:
+            break
+        again, touched = _normalize_once(out, unicode_form, fix_mojibake)
+        if again == out:
+            break
+        out = again
+    return out
 
 
 def clean_document(raw: str, fmt: str, unicode_form: UnicodeForm = "NFKC", fix_mojibake: bool = True) -> str:
