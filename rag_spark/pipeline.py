@@ -440,7 +440,13 @@ class Pipeline:
             chunks.select("chunk_id", "doc_id", "title", "text"), "chunk_id"
         )
         keys = {r.chunk_id: r.text_hash for r in emb.select("chunk_id", "text_hash").toLocalIterator()}
-        sample = [r.text for r in chunks.select("text").orderBy("chunk_id").limit(2000).collect()]
+
+        def sample() -> list[str]:
+            # OpenSearch's analyzer language is detected from a sample, read only when a new index is created.
+            if icfg.backend != "opensearch":
+                return []
+            return [r.text for r in chunks.select("text").orderBy("chunk_id").limit(2000).collect()]
+
         batch_rows = icfg.milvus.batch_size if icfg.backend == "milvus" else icfg.opensearch.bulk_chunk * 4
         staged: list[str] = []  # staged on first use: an unchanged rerun writes nothing
 

@@ -212,8 +212,15 @@ def opensearch(opensearch_url: str, request: pytest.FixtureRequest) -> Iterator[
 def test_opensearch_bm25_dense_and_idempotent_upsert(opensearch: OpenSearchIndex, data) -> None:  # type: ignore[no-untyped-def]
     table, dim = data["table"], data["dim"]
     texts = table.column("text").to_pylist()
+    samples: list[int] = []
+
+    def sample() -> list[str]:
+        samples.append(1)
+        return texts
+
     report = sync(opensearch, _batches(table), _keys(table), dim=dim, incremental=True, rebuild_fraction=0.5,
-                  sample_texts=texts)  # fmt: skip
+                  sample_texts=sample)  # fmt: skip
+    assert samples == [1]
     assert report.mode == "full" and report.upserted == table.num_rows
     mapping = opensearch.client.indices.get_mapping(index=opensearch.name)
     assert next(iter(mapping.values()))["mappings"]["_meta"]["analyzer"] == "french"  # detected from the chunks
@@ -235,8 +242,10 @@ def test_opensearch_bm25_dense_and_idempotent_upsert(opensearch: OpenSearchIndex
     before = opensearch.stats()
     assert opensearch.upsert(table.slice(0, 10)) == 10
     assert opensearch.stats().count == before.count == table.num_rows
-    again = sync(opensearch, _batches(table), _keys(table), dim=dim, incremental=True, rebuild_fraction=0.5)
+    again = sync(opensearch, _batches(table), _keys(table), dim=dim, incremental=True, rebuild_fraction=0.5,
+                 sample_texts=sample)  # fmt: skip
     assert (again.mode, again.upserted, again.deleted, again.physical) == ("incremental", 0, 0, report.physical)
+    assert samples == [1]  # no new index, no sample read
     gone = table.column("chunk_id").to_pylist()[:2]
     assert opensearch.delete([*gone, "no-such-chunk#0"]) == 2
     assert opensearch.stats().count == table.num_rows - 2

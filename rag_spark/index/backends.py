@@ -148,7 +148,7 @@ def sync(
     dim: int,
     incremental: bool,
     rebuild_fraction: float,
-    sample_texts: Sequence[str] = (),
+    sample_texts: Callable[[], Sequence[str]] = tuple,
 ) -> SyncReport:
     """Makes the index hold exactly the chunks of `table_keys` (chunk_id -> text_hash).
 
@@ -157,6 +157,8 @@ def sync(
         table_keys: every chunk the index must hold when this returns.
         incremental: update the live build in place when its settings match (else always rebuild).
         rebuild_fraction: rebuild instead when the change set exceeds this fraction of the live build.
+        sample_texts: called only when a new physical index is created (OpenSearch picks its analyzer language
+            from them), so incremental and unchanged runs do not read a sample.
     """
     t0 = time.perf_counter()
     live = index.live()
@@ -181,7 +183,7 @@ def sync(
                 index.refresh()
             log.info("%s %s: +%d upserted, -%d deleted", index.backend, live, n_up, n_del)
             return SyncReport("incremental", None, n_up, n_del, live or "", time.perf_counter() - t0)
-    physical = index.create(dim, sample_texts)
+    physical = index.create(dim, sample_texts())
     try:
         n_up = sum(index.upsert(b, target=physical) for b in batches(None))
         index.refresh(physical)
