@@ -137,6 +137,11 @@ def build_corpus(
     n_hn = int(n_docs * hard_negative_fraction)
     n_plain = max(0, n_docs - int(n_sources * per_source) - n_hn)
     long_enough = [(lang, t) for lang, t in pool if len(t.split()) >= min_words]
+    # The real corpus bounds what can be planted: past ~100k documents, sources and hard negatives stay at what it
+    # allows (a third of it as sources, half of the rest as hard negatives) and the rest are sentence mixtures.
+    n_sources = min(n_sources, len(long_enough) // 3)
+    n_hn = min(n_hn, (len(long_enough) - n_sources) // 2)
+    n_plain = max(0, n_docs - int(n_sources * per_source) - n_hn)
     sources, rest = long_enough[:n_sources], long_enough[n_sources:]
     used = {t for _, t in sources}
     for si, (lang, text) in enumerate(sources):
