@@ -19,6 +19,7 @@ import pytest
 from delta.tables import DeltaTable
 
 from rag_spark import schema as S
+from rag_spark.cli import main
 from rag_spark.config import ConfigError, JdbcSource, PipelineConfig, load_config_dict
 from rag_spark.ingest import IngestError
 from rag_spark.ingest.documents import PreviousIngest, collect
@@ -199,7 +200,12 @@ def _pipeline_cfg(tmp_path: Path, src: JdbcSource) -> PipelineConfig:
     (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tpg/1\t1\n")
     spec = src.model_dump()
     return PipelineConfig.model_validate(
-        {"dataset": str(data), "out": str(tmp_path / "out"), "ingest": {"include_dataset": False, "sources": [spec]}}
+        {
+            "dataset": str(data),
+            "out": str(tmp_path / "out"),
+            "ingest": {"include_dataset": False, "sources": [spec]},
+            "spark": {"master": "local[2]", "shuffle_partitions": 2},  # as the test session (the CLI reuses it)
+        }
     )
 
 
@@ -223,7 +229,9 @@ def _merge_metrics(spark, cfg: PipelineConfig, table: str) -> tuple[int, int, in
 
 
 @pytest.mark.slow
-def test_incremental_reads_from_the_watermark(spark, postgres: Postgres, pg_env: None, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_incremental_reads_from_the_watermark(
+    spark, postgres: Postgres, pg_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
     rows = [r for r in map(_record, CORPUS.read_text(encoding="utf-8").splitlines()) if r][:8]
     values = ",\n".join(
         f"({i}, $t${r['title']}$t$, $t${r['text']}$t$, TIMESTAMPTZ '2026-01-01 00:00:00+00' + interval '{i} minutes')"
@@ -280,8 +288,14 @@ def test_incremental_reads_from_the_watermark(spark, postgres: Postgres, pg_env:
     assert (lagged.rows_read, lagged.read_from) == (2, "2026-02-01T09:59:59.000002+00:00")
     assert sorted(r.doc_id for r in lagged.docs.collect()) == ["pg/20", "pg/3"]
 
-    full = _ingest(cfg, spark, "run-4", full_refresh=True)
-    assert (full["mode"], full["rows_read"]) == ("full", n + 3)
+    # --full-refresh through the command line (in this process: it reuses the test's SparkSession).
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
+    assert main(["ingest", "--config", str(config), "--full-refresh"]) == 0
+    printed = capsys.readouterr().out
+    assert f"pg (jdbc): full read, {n + 3} rows read" in printed and "(full refresh)" in printed
+    (state,) = lake.read(S.SOURCE_STATE).collect()
+    assert (state.read_mode, state.rows_read, state.watermark) == ("full", n + 3, second["watermark"])
     docs = {r.doc_id: r for r in lake.read(S.BRONZE).collect()}
     assert len(docs) == n + 2 and docs["pg/4"].raw_text == "Modifié sans toucher updated_at."
 
