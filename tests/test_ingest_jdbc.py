@@ -24,7 +24,7 @@ from rag_spark.config import ConfigError, JdbcSource, PipelineConfig, load_confi
 from rag_spark.ingest import IngestError
 from rag_spark.ingest.documents import PreviousIngest, collect
 from rag_spark.ingest.jdbc import read_jdbc, read_jdbc_since
-from rag_spark.ingest.state import SourceState
+from rag_spark.ingest.state import SourceState, larger, shifted
 from rag_spark.pipeline import Pipeline
 
 PASSWORD = "pg-Secret-4242"
@@ -347,3 +347,39 @@ def test_incremental_config_errors(extra: dict[str, object], message: str) -> No
             "text_column": "body", **extra}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         load_config_dict({"ingest": {"sources": [spec]}})
+
+
+@pytest.mark.parametrize(
+    ("expr", "options", "wtype", "stored", "lag", "read_from", "top"),
+    [
+        ("DATE '2026-01-01' + id", {}, "date", "2026-01-07", 0, "2026-01-07", "2026-01-13"),
+        ("TIMESTAMP '2026-01-01' + id * interval '1 hour'", {"preferTimestampNTZ": "true"}, "timestamp_ntz",
+         "2026-01-01T07:00:00.000000", 3600, "2026-01-01T06:00:00.000000", "2026-01-01T12:00:00.000000"),
+        ("id::numeric(10,2)", {}, "decimal(10,2)", "7.00", 1, "6.00", "12.00"),
+    ],
+)  # fmt: skip
+def test_watermark_types(  # type: ignore[no-untyped-def]
+    spark, postgres: Postgres, pg_env: None, expr: str, options: dict[str, str], wtype: str, stored: str,
+    lag: float, read_from: str, top: str,
+) -> None:  # fmt: skip
+    """Each kind of column round-trips its canonical text and is compared in the database (rows 7..12 read)."""
+    src = _jdbc(postgres, query=f"SELECT id, title, body, {expr} AS v FROM docs", incremental_column="v",
+                watermark_lag=lag, options=options)  # fmt: skip
+    got = read_jdbc_since(spark, src, SourceState("pg", "jdbc", "x", "h", stored, wtype))
+    assert (got.mode, got.read_from, got.state.watermark_type, got.state.watermark) == (
+        "incremental", read_from, wtype, top
+    )  # fmt: skip
+    assert got.rows_read == 6
+    full = read_jdbc_since(spark, src, None)
+    assert (full.mode, full.rows_read, full.state.watermark) == ("full", 12, top)
+
+
+def test_watermark_text_arithmetic() -> None:
+    assert shifted("2026-01-01T00:00:00.000001+00:00", "timestamp", 0.5) == "2025-12-31T23:59:59.500001+00:00"
+    assert shifted("100", "bigint", 10) == "90" and shifted("1.5", "double", 0.25) == "1.25"
+    assert larger("9", "10", "int") == "10" and larger("b", "a", "string") == "b" and larger(None, "1", "int") == "1"
+    assert larger("2026-01-02", "2025-12-31", "date") == "2026-01-02"
+    with pytest.raises(ValueError, match="not a valid date"):
+        shifted("2026-13-01", "date", 0)
+    with pytest.raises(ValueError, match="cannot apply to a string"):
+        shifted("abc", "string", 1)

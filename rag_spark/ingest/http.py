@@ -255,10 +255,13 @@ def read_http_since(spark: SparkSession, src: HttpSource, previous: SourceState 
         pages = list(fetch_pages(src, session, since=since, previous=previous, first=first))
     docs, bad = map_records(src, iter(pages))
     n_read = len(docs) + len(bad)
-    watermark, wtype = (previous.watermark, previous.watermark_type) if since is not None else (None, None)
+    watermark: str | None = None
+    wtype: str | None = None
+    if since is not None and previous is not None:
+        watermark, wtype = previous.watermark, previous.watermark_type
     if src.updated_field is not None:
         top, top_type, missing = _max_updated(src, pages)
-        if top is not None:
+        if top is not None and top_type is not None:
             if wtype is not None and wtype != top_type:
                 wtype = "string"  # mixed kinds of values: text order, like the API's own string parameter
             wtype = wtype or top_type

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame
 from rag_spark.config import HttpSource, JdbcSource
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INTEGRAL = frozenset({"tinyint", "smallint", "int", "bigint"})
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,7 @@ def comparable(value: str, wtype: str) -> Any:
     """The stored text as a value Python orders like the database does."""
     if wtype in ("number", "double", "float") or wtype.startswith("decimal") or wtype in _INTEGRAL:
         return Decimal(value)
-    if wtype == "timestamp":
-        return datetime.fromisoformat(value)
-    if wtype == "timestamp_ntz":
+    if wtype in ("timestamp", "timestamp_ntz"):
         return datetime.fromisoformat(value)
     if wtype == "date":
         return date.fromisoformat(value)
@@ -148,11 +147,3 @@ def shifted(value: str, wtype: str, lag: float) -> str:
 def micros_to_iso(micros: int) -> str:
     """Microseconds since the epoch (Spark's `unix_micros`) -> canonical UTC timestamp text."""
     return (EPOCH + timedelta(microseconds=micros)).isoformat(timespec="microseconds")
-
-
-_INTEGRAL = {"tinyint", "smallint", "int", "bigint"}
-INTEGRAL = frozenset(_INTEGRAL)
-
-
-def with_state(state: SourceState, **kw: Any) -> SourceState:
-    return replace(state, **kw)
