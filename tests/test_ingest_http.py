@@ -21,6 +21,7 @@ from rag_spark.ingest import IngestError
 from rag_spark.ingest.documents import collect
 from rag_spark.ingest.http import build_session, fetch_pages, map_records, read_http_since
 from rag_spark.ingest.state import identity_hash
+from rag_spark.lake import Lake
 from rag_spark.pipeline import Pipeline
 
 TOKEN = "s3cret-token-value"
@@ -250,8 +251,22 @@ def test_incremental_api_since_watermark_and_304(
     changed = dict(_Handler.items[2], updated="2026-02-01T00:00:05Z")
     changed["attributes"] = {**changed["attributes"], "body": changed["attributes"]["body"] + " Révisé."}
     _Handler.items = [*_Handler.items[:2], changed, *_Handler.items[3:], *new]
+    # A crash after bronze's MERGE, before the state's: bronze holds the 3 rows, the watermark did not move.
+    real_merge = Lake.merge
+
+    def crash_on_state(self: Lake, table: S.Table, *args: Any, **kw: Any) -> int:
+        if table == S.SOURCE_STATE:
+            raise RuntimeError("injected crash before source_state")
+        return real_merge(self, table, *args, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Lake, "merge", crash_on_state)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            Pipeline(cfg, spark=spark, run_id="run-crash").ingest()
+    assert lake.read(S.BRONZE).count() == n + 2
+    assert lake.read(S.SOURCE_STATE).first().watermark == first["watermark"]
     mark = len(_Handler.conditional)
-    second = _ingest(cfg, spark, "run-2")
+    second = _ingest(cfg, spark, "run-2")  # reads the same 3 rows again (never skips them); MERGE absorbs them
     assert (second["mode"], second["rows_read"]) == ("incremental", 3)
     assert (second["read_from"], second["watermark"]) == ("2026-01-01T00:07:00Z", "2026-02-01T00:00:05Z")
     assert all("since=2026-01-01T00%3A07%3A00Z" in path for path, _ in _Handler.conditional[mark:])
