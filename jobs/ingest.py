@@ -8,6 +8,7 @@ Cluster:  cluster/spark/submit.sh spark://HOST:7077 configs/demo.yaml ingest   (
             jobs/ingest.py --config configs/demo.yaml --dataset /shared/dataset --lake s3://bucket/lake
 (client mode: the driver reads the config from its path; `dataset` is a shared POSIX path, the lake may be an
 object store: cluster/spark/README.md)
+`--full-refresh` reads every source in full for this run (stored watermarks and file fingerprints ignored).
 Sources with credentials (`ingest.sources`: jdbc `user_env`/`password_env`, http `token_env`) read them from the
 driver's environment (e.g. `spark.kubernetes.driverEnv.KB_PASSWORD`).
 """

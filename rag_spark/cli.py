@@ -34,15 +34,42 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _full_refresh(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="ingest: read every source in full for this run, ignoring file fingerprints and stored watermarks "
+        "(sees rows deleted in a database and API records without a modification field)",
+    )
+
+
+def _print_ingest(info: dict[str, object]) -> None:
+    """How the ingest stage read each database/API source (full, from which watermark, not modified)."""
+    from rag_spark.ingest.state import describe
+
+    sources = info.get("sources") or []
+    assert isinstance(sources, list)
+    print(
+        f"ingest:  {info.get('bronze')} documents in bronze, {info.get('quarantined')} quarantined; files "
+        f"{info.get('files_read')} read, {info.get('files_unchanged')} unchanged"
+        + ("  (full refresh)" if info.get("full_refresh") else "")
+    )
+    for read in sources:
+        print(f"  {describe(read)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-spark", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every stage (or --stages a,b,c)")
     _common(run)
     run.add_argument("--stages", help="comma-separated subset of stages, in pipeline order")
+    _full_refresh(run)
     for stage, help_text in _STAGE_HELP.items():
         stage_parser = sub.add_parser(stage, help=help_text)
         _common(stage_parser)
+        if stage == "ingest":
+            _full_refresh(stage_parser)
         if stage == "report":
             stage_parser.add_argument(
                 "--run",
@@ -279,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return _train(cfg, args)
         if args.command == "report" and args.run:
             return _report_run(cfg, args)
-        pipeline = Pipeline(cfg)
+        pipeline = Pipeline(cfg, full_refresh=getattr(args, "full_refresh", False))
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
             if stages:
@@ -289,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run(stages)
         else:
             pipeline.run([args.command])
+        if "ingest" in pipeline.results:
+            _print_ingest(pipeline.results["ingest"].info)
         _print_summary(pipeline.cfg.out)
         return 0
     except ConfigError as err:

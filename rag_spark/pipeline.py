@@ -34,6 +34,7 @@ from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import chunk_tokenizer, model_id
 from rag_spark.ingest.documents import PreviousIngest, collect
 from rag_spark.ingest.qa import read_answers, read_qrels, read_queries
+from rag_spark.ingest.state import describe
 from rag_spark.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ class Pipeline:
         *,
         sweep_id: str | None = None,
         variant: str | None = None,
+        full_refresh: bool = False,
     ) -> None:
         self.cfg = cfg.resolved()
+        self.full_refresh = full_refresh
+        """Ingest reads every source in full in this run (file fingerprints and stored watermarks ignored); the
+        state it then stores is the starting point of the next incremental run."""
         self.run_id = run_id or new_run_id(cfg)
         self.sweep_id = sweep_id
         self.variant = variant
@@ -155,12 +160,18 @@ class Pipeline:
         res = StageResult("ingest")
         meta = self._meta("ingest", {})
         previous = None
-        if self.cfg.ingest.incremental and self.lake.exists(S.SOURCES) and self.lake.exists(S.BRONZE):
+        incremental = self.cfg.ingest.incremental and not self.full_refresh
+        if incremental and self.lake.exists(S.SOURCES) and self.lake.exists(S.BRONZE):
             # Read at fixed versions: the MERGE below rewrites the very tables the carried rows come from.
             previous = PreviousIngest(
                 bronze=self.lake.read(S.BRONZE, self.lake.version(S.BRONZE)),
                 quarantine=self.lake.read(S.QUARANTINE, self.lake.version(S.QUARANTINE)).where("stage = 'ingest'"),
                 sources=self.lake.read(S.SOURCES, self.lake.version(S.SOURCES)),
+                source_state=(
+                    self.lake.read(S.SOURCE_STATE, self.lake.version(S.SOURCE_STATE))
+                    if self.lake.exists(S.SOURCE_STATE)
+                    else None
+                ),
             )
         got = collect(
             self.spark,
@@ -197,6 +208,10 @@ class Pipeline:
             changed="NOT (t.fingerprint <=> s.fingerprint) OR t.config_hash <> s.config_hash OR t.run_id <> s.run_id",
             delete_missing=True,
         )
+        # Only now that bronze committed: a crash before this line leaves the old watermarks, so the next run
+        # reads those rows again (the MERGE absorbs them) instead of skipping them.
+        assert got.source_state is not None
+        res.outputs["source_state"] = self.lake.merge(S.SOURCE_STATE, got.source_state, meta=meta, delete_missing=True)
         for table, df in (
             (S.QUERIES, read_queries(self.spark, self.cfg.dataset)),
             (S.QRELS, read_qrels(self.spark, self.cfg.dataset)),
@@ -204,9 +219,20 @@ class Pipeline:
         ):
             res.outputs[table.name] = self.lake.merge(table, df, meta=meta, delete_missing=True)
         res.rows = n_docs
-        res.info = {"documents_in": n_docs + n_bad, "bronze": n_docs, "quarantined": n_bad, **got.stats}
+        res.info = {
+            "documents_in": n_docs + n_bad,
+            "bronze": n_docs,
+            "quarantined": n_bad,
+            **got.stats,
+            "full_refresh": self.full_refresh,
+            "sources": got.remote,
+        }
+        for line in map(describe, got.remote):
+            log.info("ingest: %s", line)
         docs.unpersist()
         bad.unpersist()
+        for frame in got.cached:
+            frame.unpersist()
         return self._finish(res, t0)
 
     def clean(self) -> StageResult:

@@ -63,6 +63,32 @@ SOURCES = Table(
     ("source_uri",),
 )
 
+# One row per database/API source: how the last run read it and where the next incremental read starts.
+# identity_hash covers what decides which rows and how they map (url, table/query, columns/fields): a changed
+# definition resets the source to a full read. watermark is text in a canonical form of watermark_type (a Spark
+# type for JDBC columns, "number"/"string" for API fields); etag/last_modified answer the request named by
+# validators_for (sha1 of the first page's URL). Written only after bronze's MERGE committed.
+SOURCE_STATE = Table(
+    "source_state",
+    _s(
+        ("source_name", StringType(), False),
+        ("kind", StringType(), False),
+        ("source_uri", StringType(), False),
+        ("identity_hash", StringType(), False),
+        ("watermark", StringType(), True),
+        ("watermark_type", StringType(), True),
+        ("etag", StringType(), True),
+        ("last_modified", StringType(), True),
+        ("validators_for", StringType(), True),
+        ("read_mode", StringType(), False),
+        ("read_from", StringType(), True),
+        ("rows_read", LongType(), False),
+        ("run_id", StringType(), False),
+        ("updated_at", TimestampType(), False),
+    ),
+    ("source_name",),
+)
+
 QUARANTINE = Table(
     "quarantine",
     _s(
@@ -280,6 +306,7 @@ RUNS = Table(
 ALL_TABLES = [
     BRONZE,
     SOURCES,
+    SOURCE_STATE,
     QUARANTINE,
     SILVER,
     DUPLICATES,

@@ -36,3 +36,19 @@ def test_job_entry_point_validates_config(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "chunk.size_tokens" in res.stderr
+
+
+def test_full_refresh_flag_only_where_ingest_runs() -> None:
+    from rag_spark.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["ingest", "--full-refresh"]).full_refresh is True
+    assert parser.parse_args(["run"]).full_refresh is False
+    assert not hasattr(parser.parse_args(["clean"]), "full_refresh")
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        from _common import parse  # the spark-submit jobs' parser
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    assert parse(["--full-refresh"], "ingest", ingest=True)[1] is True
+    assert parse([], "ingest", ingest=True)[1] is False

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 
-from rag_spark.config import JdbcSource, load_config_dict
+from rag_spark import schema as S
+from rag_spark.cli import main
+from rag_spark.config import ConfigError, JdbcSource, PipelineConfig, load_config_dict
 from rag_spark.ingest import IngestError
-from rag_spark.ingest.documents import collect
-from rag_spark.ingest.jdbc import read_jdbc
+from rag_spark.ingest.documents import PreviousIngest, collect
+from rag_spark.ingest.jdbc import read_jdbc, read_jdbc_since
+from rag_spark.ingest.state import SourceState, larger, shifted
+from rag_spark.pipeline import Pipeline
 
 PASSWORD = "pg-Secret-4242"
 CORPUS = Path(__file__).parent / "data" / "tiny" / "corpus.jsonl"
@@ -31,6 +36,8 @@ class Postgres:
     port: int
     user: str
     bindir: Path
+    log: Path
+    """The server's log: every statement it ran (log_statement=all), to see what was pushed down."""
 
     @property
     def url(self) -> str:
@@ -93,10 +100,10 @@ def postgres() -> Iterator[Postgres]:
 
     run(str(bindir / "initdb"), "-D", str(data), "-U", "rag", f"--pwfile={tmp / 'pw'}", "-A", "scram-sha-256",
         "-E", "UTF8", "--locale=C")  # fmt: skip
-    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c log_statement=all"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-o", opts, "-w", "-t", "60", "start")
     try:
-        pg = Postgres(port, "rag", bindir)
+        pg = Postgres(port, "rag", bindir, tmp / "log")
         rows = [r for r in map(_record, CORPUS.read_text(encoding="utf-8").splitlines()) if r][:10]
         values = ",\n".join(f"({i}, $t${r['title']}$t$, $t${r['text']}$t$)" for i, r in enumerate(rows, 1))
         pg.psql(
@@ -181,3 +188,198 @@ def test_partitioned_query_and_errors(spark, postgres: Postgres, pg_env: None, m
     monkeypatch.delenv("RAG_TEST_PG_PASSWORD")
     with pytest.raises(IngestError, match="environment variable RAG_TEST_PG_PASSWORD"):
         read_jdbc(spark, _jdbc(postgres, table="docs"))
+
+
+# --- incremental reads (incremental_column, watermark, source_state) ------------------------------------------
+
+
+def _pipeline_cfg(tmp_path: Path, src: JdbcSource) -> PipelineConfig:
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True, exist_ok=True)
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "Qu\'est-ce que Debian ?"}\n', encoding="utf-8")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tpg/1\t1\n")
+    spec = src.model_dump()
+    return PipelineConfig.model_validate(
+        {
+            "dataset": str(data),
+            "out": str(tmp_path / "out"),
+            "ingest": {"include_dataset": False, "sources": [spec]},
+            "spark": {"master": "local[2]", "shuffle_partitions": 2},  # as the test session (the CLI reuses it)
+        }
+    )
+
+
+def _ingest(cfg: PipelineConfig, spark, run_id: str, **kw: object) -> dict:  # type: ignore[no-untyped-def]
+    """One ingest run; checks the accounting invariant against the lake and returns (run info, its source)."""
+    p = Pipeline(cfg, spark=spark, run_id=run_id, **kw)  # type: ignore[arg-type]
+    info = p.ingest().info
+    ids = [r.doc_id for r in p.lake.read(S.BRONZE).select("doc_id").collect()]
+    assert len(set(ids)) == len(ids) == info["bronze"]  # MERGEd, never duplicated
+    assert p.lake.read(S.QUARANTINE).where("stage = 'ingest'").count() == info["quarantined"]
+    assert info["documents_in"] == info["bronze"] + info["quarantined"]
+    (read,) = info["sources"]
+    return read
+
+
+def _merge_metrics(spark, cfg: PipelineConfig, table: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+    row = DeltaTable.forPath(spark, f"{cfg.resolved().lake_root}/{table}").history(1).first()
+    assert row is not None and row.operation == "MERGE"
+    m = row.operationMetrics
+    return int(m["numTargetRowsInserted"]), int(m["numTargetRowsUpdated"]), int(m["numTargetRowsDeleted"])
+
+
+@pytest.mark.slow
+def test_incremental_reads_from_the_watermark(
+    spark, postgres: Postgres, pg_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    rows = [r for r in map(_record, CORPUS.read_text(encoding="utf-8").splitlines()) if r][:8]
+    values = ",\n".join(
+        f"({i}, $t${r['title']}$t$, $t${r['text']}$t$, TIMESTAMPTZ '2026-01-01 00:00:00+00' + interval '{i} minutes')"
+        for i, r in enumerate(rows, 1)
+    )
+    postgres.psql(
+        "CREATE TABLE articles (id integer PRIMARY KEY, title text, body text, updated_at timestamptz);\n"
+        f"INSERT INTO articles VALUES {values}, (9, 'vide', NULL, TIMESTAMPTZ '2026-01-01 00:09:00+00');\n"
+    )
+    n = len(rows)
+    src = _jdbc(postgres, table="articles", incremental_column="updated_at", partition_column="id", lower_bound=1,
+                upper_bound=12, num_partitions=2)  # fmt: skip
+    cfg = _pipeline_cfg(tmp_path, src)
+    lake = Pipeline(cfg, spark=spark).lake
+
+    first = _ingest(cfg, spark, "run-1")
+    assert first == {"name": "pg", "kind": "jdbc", "mode": "full", "read_from": None, "rows_read": n + 1,
+                     "watermark": "2026-01-01T00:09:00.000000+00:00"}  # fmt: skip
+    assert lake.read(S.BRONZE).count() == n
+
+    # 2 rows inserted, 1 updated (its updated_at bumped), 1 untouched row's text changed WITHOUT a bump: an
+    # incremental read must not see that one (that is what full refresh is for).
+    postgres.psql(
+        "INSERT INTO articles VALUES (20, 'Nouveau A', 'Premier article ajouté après la première lecture.',"
+        " TIMESTAMPTZ '2026-02-01 10:00:00.000001+00'),"
+        " (21, 'Nouveau B', 'Second article ajouté après la première lecture.', TIMESTAMPTZ '2026-02-01 09:00:00+00');\n"
+        "UPDATE articles SET body = body || ' Texte révisé.', updated_at = TIMESTAMPTZ '2026-02-01 10:00:00.000002+00'"
+        " WHERE id = 3;\n"
+        "UPDATE articles SET body = 'Modifié sans toucher updated_at.' WHERE id = 4;\n"
+    )
+    log_before = postgres.log.read_text(errors="replace")
+    second = _ingest(cfg, spark, "run-2")
+    assert second["mode"] == "incremental" and second["rows_read"] == 3
+    assert second["read_from"] == first["watermark"] and second["watermark"] == "2026-02-01T10:00:00.000002+00:00"
+    # The filter ran in the database, in each of the partitioned range queries.
+    new_log = postgres.log.read_text(errors="replace")[len(log_before) :]
+    pushed = [line for line in new_log.splitlines() if "FROM articles" in line and '"updated_at" >' in line]
+    assert len(pushed) == 2, new_log[-2000:]
+    assert _merge_metrics(spark, cfg, "bronze") == (2, 1, 0)
+    docs = {r.doc_id: r for r in lake.read(S.BRONZE).collect()}
+    assert len(docs) == n + 2 and docs["pg/3"].raw_text.endswith(" Texte révisé.") and docs["pg/3"].run_id == "run-2"
+    assert docs["pg/4"].raw_text != "Modifié sans toucher updated_at." and docs["pg/1"].run_id == "run-1"
+    state = lake.read(S.SOURCE_STATE).collect()
+    assert [(r.source_name, r.read_mode, r.rows_read, r.watermark_type) for r in state] == [
+        ("pg", "incremental", 3, "timestamp")
+    ]
+
+    assert _ingest(cfg, spark, "run-3")["rows_read"] == 0  # nothing changed: nothing read
+    assert _merge_metrics(spark, cfg, "bronze") == (0, 0, 0) and lake.read(S.BRONZE).count() == n + 2
+
+    # A lag re-reads the window below the watermark (rows 20 and 3, not 21 an hour earlier).
+    stored = SourceState.from_row(lake.read(S.SOURCE_STATE).first())
+    lagged = read_jdbc_since(spark, src.model_copy(update={"watermark_lag": 1.0}), stored)
+    assert (lagged.rows_read, lagged.read_from) == (2, "2026-02-01T09:59:59.000002+00:00")
+    assert sorted(r.doc_id for r in lagged.docs.collect()) == ["pg/20", "pg/3"]
+
+    # --full-refresh through the command line (in this process: it reuses the test's SparkSession).
+    config = tmp_path / "config.yaml"
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
+    assert main(["ingest", "--config", str(config), "--full-refresh"]) == 0
+    printed = capsys.readouterr().out
+    assert f"pg (jdbc): full read, {n + 3} rows read" in printed and "(full refresh)" in printed
+    (state,) = lake.read(S.SOURCE_STATE).collect()
+    assert (state.read_mode, state.rows_read, state.watermark) == ("full", n + 3, second["watermark"])
+    docs = {r.doc_id: r for r in lake.read(S.BRONZE).collect()}
+    assert len(docs) == n + 2 and docs["pg/4"].raw_text == "Modifié sans toucher updated_at."
+
+    # A changed source definition (a query instead of the table) resets the watermark: full read.
+    changed = src.model_copy(update={"table": None, "query": "SELECT id, title, body, updated_at FROM articles"})
+    previous = PreviousIngest(
+        lake.read(S.BRONZE), lake.read(S.QUARANTINE), lake.read(S.SOURCES), lake.read(S.SOURCE_STATE)
+    )
+    for definition, mode in ((src, "incremental"), (changed, "full")):
+        ingest_cfg = _pipeline_cfg(tmp_path, definition).ingest
+        got = collect(spark, str(tmp_path / "data"), ingest_cfg, "run-5", previous=previous)
+        assert got.remote[0]["mode"] == mode
+        for frame in got.cached:
+            frame.unpersist()
+
+
+def test_watermark_literals_are_typed_not_spliced(spark, postgres: Postgres, pg_env: None) -> None:  # type: ignore[no-untyped-def]
+    src = _jdbc(postgres, table="docs", incremental_column="id", partition_column="id", lower_bound=1,
+                upper_bound=12, num_partitions=2)  # fmt: skip
+    prev = SourceState("pg", "jdbc", "x", "h", "5", "int")
+    got = read_jdbc_since(spark, src, prev)
+    assert (got.mode, got.rows_read, got.state.watermark) == ("incremental", 7, "12")
+    assert sorted(r.doc_id for r in got.docs.collect()) == sorted(f"pg/{i}" for i in range(6, 11))
+    assert got.docs.rdd.getNumPartitions() == 2
+    # A stored value is parsed as its type before it reaches a query: no SQL from the state table.
+    with pytest.raises(IngestError, match="not a valid int"):
+        read_jdbc_since(spark, src, SourceState("pg", "jdbc", "x", "h", "5 OR 1=1", "int"))
+    # A text watermark with quotes is a literal rendered and escaped by Spark's dialect, not SQL.
+    text_src = _jdbc(postgres, table="docs", incremental_column="title")
+    evil = SourceState("pg", "jdbc", "x", "h", "Z' OR '1'='1", "string")
+    got = read_jdbc_since(spark, text_src, evil)
+    assert got.rows_read == int(postgres.psql("SELECT count(*) FROM docs WHERE title > 'Z'' OR ''1''=''1'").strip())
+    assert got.rows_read < 12 and postgres.psql("SELECT count(*) FROM docs").strip() == "12"
+    with pytest.raises(IngestError, match=r"no column \['nope'\]"):
+        read_jdbc_since(spark, _jdbc(postgres, table="docs", incremental_column="nope"), None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"incremental_column": "updated_at; DROP TABLE docs"}, "plain column name"),
+        ({"incremental_column": "updated_at", "options": {"pushDownPredicate": "false"}}, "pushDownPredicate"),
+        ({"watermark_lag": 5}, "watermark_lag needs incremental_column"),
+        ({"incremental_column": "updated_at", "watermark_lag": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_incremental_config_errors(extra: dict[str, object], message: str) -> None:
+    spec = {"kind": "jdbc", "name": "pg", "url": "jdbc:postgresql://h/db", "table": "docs", "id_column": "id",
+            "text_column": "body", **extra}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        load_config_dict({"ingest": {"sources": [spec]}})
+
+
+@pytest.mark.parametrize(
+    ("expr", "options", "wtype", "stored", "lag", "read_from", "top"),
+    [
+        ("DATE '2026-01-01' + id", {}, "date", "2026-01-07", 0, "2026-01-07", "2026-01-13"),
+        ("TIMESTAMP '2026-01-01' + id * interval '1 hour'", {"preferTimestampNTZ": "true"}, "timestamp_ntz",
+         "2026-01-01T07:00:00.000000", 3600, "2026-01-01T06:00:00.000000", "2026-01-01T12:00:00.000000"),
+        ("id::numeric(10,2)", {}, "decimal(10,2)", "7.00", 1, "6.00", "12.00"),
+    ],
+)  # fmt: skip
+def test_watermark_types(  # type: ignore[no-untyped-def]
+    spark, postgres: Postgres, pg_env: None, expr: str, options: dict[str, str], wtype: str, stored: str,
+    lag: float, read_from: str, top: str,
+) -> None:  # fmt: skip
+    """Each kind of column round-trips its canonical text and is compared in the database (rows 7..12 read)."""
+    src = _jdbc(postgres, query=f"SELECT id, title, body, {expr} AS v FROM docs", incremental_column="v",
+                watermark_lag=lag, options=options)  # fmt: skip
+    got = read_jdbc_since(spark, src, SourceState("pg", "jdbc", "x", "h", stored, wtype))
+    assert (got.mode, got.read_from, got.state.watermark_type, got.state.watermark) == (
+        "incremental", read_from, wtype, top
+    )  # fmt: skip
+    assert got.rows_read == 6
+    full = read_jdbc_since(spark, src, None)
+    assert (full.mode, full.rows_read, full.state.watermark) == ("full", 12, top)
+
+
+def test_watermark_text_arithmetic() -> None:
+    assert shifted("2026-01-01T00:00:00.000001+00:00", "timestamp", 0.5) == "2025-12-31T23:59:59.500001+00:00"
+    assert shifted("100", "bigint", 10) == "90" and shifted("1.5", "double", 0.25) == "1.25"
+    assert larger("9", "10", "int") == "10" and larger("b", "a", "string") == "b" and larger(None, "1", "int") == "1"
+    assert larger("2026-01-02", "2025-12-31", "date") == "2026-01-02"
+    with pytest.raises(ValueError, match="not a valid date"):
+        shifted("2026-13-01", "date", 0)
+    with pytest.raises(ValueError, match="cannot apply to a string"):
+        shifted("abc", "string", 1)

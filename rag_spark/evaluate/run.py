@@ -365,6 +365,8 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
         "bootstrap": {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed, "level": 0.95, "unit": "question"},
         "evaluated_on": scope_info,
     }
+    if "ingest" in p.results:  # how this run read each database/API source (full / from a watermark / 304)
+        summary["ingest_sources"] = p.results["ingest"].info.get("sources", [])
 
     detail = per_q.merge(lat, on="query_id", how="outer").merge(details, on="query_id", how="outer")
     detail = detail.melt(id_vars="query_id", var_name="metric", value_name="value")

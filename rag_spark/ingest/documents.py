@@ -7,7 +7,11 @@ written here; the pipeline reads the previous state from the lake and merges wha
 Incremental runs: a file whose size and modification time (its fingerprint) and the ingest config are those
 recorded in `sources` by the previous run is not read again; its bronze and quarantine rows are carried over,
 so one MERGE leaves bronze equal to the current snapshot without rereading unchanged files. Databases and
-APIs have no cheap fingerprint: they are read again and the MERGE only rewrites rows whose content changed.
+APIs with a watermark (`incremental_column`, `since_param`) are read from their stored watermark on, and APIs
+answering conditional requests not at all when unchanged (HTTP 304); their other bronze and quarantine rows are
+carried over the same way, a row read again replacing its carried version. A source whose definition changed
+(`identity_hash`) is read in full. What a watermark cannot see (a row deleted in the database, an API record
+without a modification value) stays until a full read (`--full-refresh`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pyspark.sql import functions as F
 
 from rag_spark.config import FilesSource, HttpSource, IngestConfig, JdbcSource
 from rag_spark.ingest.files import BAD_SCHEMA, DOCS_SCHEMA, FieldMap, FileEntry, list_files, read_file_entries
-from rag_spark.schema import BRONZE, SOURCES
+from rag_spark.ingest.state import RemoteRead, SourceState, identity_hash
+from rag_spark.schema import BRONZE, SOURCE_STATE, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +49,28 @@ def quarantine_rows(df: DataFrame, run_id: str) -> DataFrame:
 
 @dataclass(frozen=True)
 class PreviousIngest:
-    """What the previous ingest left: bronze, its ingest-stage quarantine rows and the `sources` table."""
+    """What the previous ingest left: bronze, its ingest-stage quarantine rows, the `sources` table and the
+    database/API sources' `source_state` (None: none stored, every such source is read in full)."""
 
     bronze: DataFrame
     quarantine: DataFrame
     sources: DataFrame
+    source_state: DataFrame | None = None
 
 
 @dataclass
 class Collected:
-    """Rows for bronze (new + carried over), ingest quarantine rows, `sources` rows and counts."""
+    """Rows for bronze (new + carried over), ingest quarantine rows, `sources` rows and counts; for database and
+    API sources, how each was read (`remote`) and their `source_state` rows to merge once bronze committed.
+    `cached` frames hold rows read from databases: unpersist them after the merges."""
 
     docs: DataFrame
     quarantine: DataFrame
     sources: DataFrame
     stats: dict[str, int] = field(default_factory=dict)
+    remote: list[dict[str, object]] = field(default_factory=list)
+    source_state: DataFrame | None = None
+    cached: list[DataFrame] = field(default_factory=list)
 
 
 @dataclass
@@ -149,6 +161,8 @@ def collect(
     docs = spark.createDataFrame([], DOCS_SCHEMA)
     bad = spark.createDataFrame([], BAD_SCHEMA)
     n_listed = n_read = 0
+    carried_docs: list[DataFrame] = []
+    carried_bad: list[DataFrame] = []
     for fs in sets:
         todo = []
         for e in fs.entries:
@@ -168,21 +182,38 @@ def collect(
         if todo:
             d, b = read_file_entries(spark, todo, fs.fields, extensions=cfg.extensions, max_bytes=cfg.max_bytes)
             docs, bad = docs.unionByName(d), bad.unionByName(b)
-    n_remote = 0
+    states: dict[str, SourceState] = {}
+    if previous is not None and cfg.incremental and previous.source_state is not None:
+        states = {r["source_name"]: SourceState.from_row(r) for r in previous.source_state.collect()}
+    reads: list[RemoteRead] = []
     for src in cfg.sources:
-        if isinstance(src, JdbcSource):
-            from rag_spark.ingest.jdbc import read_jdbc
-
-            d, b, uri = read_jdbc(spark, src)
-        elif isinstance(src, HttpSource):
-            from rag_spark.ingest.http import read_http
-
-            d, b, uri = read_http(spark, src)
-        else:
+        if not isinstance(src, (JdbcSource, HttpSource)):
             continue
-        n_remote += 1
-        docs, bad = docs.unionByName(d), bad.unionByName(b)
-        source_rows.append((uri, src.kind, None, None, None, config_hash, run_id))
+        before_state = states.get(src.name)
+        if before_state is not None and before_state.identity_hash != identity_hash(src):
+            log.info("%s source %s: its definition changed since the last run: full read", src.kind, src.name)
+            before_state = None
+        if isinstance(src, JdbcSource):
+            from rag_spark.ingest.jdbc import read_jdbc_since
+
+            got = read_jdbc_since(spark, src, before_state)
+        else:
+            from rag_spark.ingest.http import read_http_since
+
+            got = read_http_since(spark, src, before_state)
+        reads.append(got)
+        if got.mode != "full" and previous is not None:
+            # Rows not read again stay as bronze/quarantine hold them; a row read again replaces its old version.
+            keys = got.docs.select(F.col("doc_id").alias("_k")).unionByName(
+                got.bad.select(F.col("record_id").alias("_k"))
+            )
+            old_docs = previous.bronze.where(F.col("source_uri") == got.uri).select(*BRONZE.schema.fieldNames())
+            old_bad = previous.quarantine.where(F.col("source_uri") == got.uri)
+            carried_docs.append(old_docs.join(keys, old_docs["doc_id"] == keys["_k"], "left_anti"))
+            carried_bad.append(old_bad.join(keys, old_bad["record_id"] == keys["_k"], "left_anti"))
+        docs, bad = docs.unionByName(got.docs), bad.unionByName(got.bad)
+        source_rows.append((got.uri, src.kind, None, None, None, config_hash, run_id))
+    n_remote = len(reads)
     docs = docs.select(*DOCS_SCHEMA_COLS, F.sha2("raw_text", 256).alias("content_hash"), F.lit(run_id).alias("run_id"))
     # Identical bad records of one source (the same malformed line twice) are one quarantine row.
     quarantine = quarantine_rows(bad, run_id).dropDuplicates(["stage", "source_uri", "record_id"])
@@ -193,6 +224,10 @@ def collect(
         quarantine = quarantine.unionByName(
             previous.quarantine.join(keep, "source_uri", "left_semi").select(*quarantine.columns)
         )
+    for old_docs in carried_docs:
+        docs = docs.unionByName(old_docs)
+    for old_bad in carried_bad:
+        quarantine = quarantine.unionByName(old_bad.select(*quarantine.columns))
     docs, dup_q = dedup_ids(docs, run_id)
     sources = spark.createDataFrame(source_rows, SOURCES.schema)
     stats = {
@@ -200,9 +235,29 @@ def collect(
         "files_read": n_read,
         "files_unchanged": len(unchanged),
         "remote_sources": n_remote,
+        "remote_rows_read": sum(r.rows_read for r in reads),
     }
     log.info("ingest: %s", stats)
-    return Collected(docs.select(*BRONZE.schema.fieldNames()), quarantine.unionByName(dup_q), sources, stats)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    state_rows = [
+        (
+            r.state.source_name, r.state.kind, r.state.source_uri, r.state.identity_hash, r.state.watermark,
+            r.state.watermark_type, r.state.etag, r.state.last_modified, r.state.validators_for, r.mode,
+            r.read_from, r.rows_read, run_id, now,
+        )
+        for r in reads
+    ]  # fmt: skip
+    # A record quarantined again as a duplicate id while its carried row is still there is one quarantine row.
+    quarantine = quarantine.unionByName(dup_q).dropDuplicates(["stage", "source_uri", "record_id"])
+    return Collected(
+        docs.select(*BRONZE.schema.fieldNames()),
+        quarantine,
+        sources,
+        stats,
+        remote=[r.info() for r in reads],
+        source_state=spark.createDataFrame(state_rows, SOURCE_STATE.schema),
+        cached=[c for r in reads for c in r.cached],
+    )
 
 
 def collect_documents(spark: SparkSession, dataset: str, cfg: IngestConfig, run_id: str) -> tuple[DataFrame, DataFrame]:

@@ -4,6 +4,13 @@ A query is read as a subquery (`(SELECT ...) AS src`) so that `partition_column`
 `num_partitions` split it into range queries exactly as for a table. Credentials come from environment variables
 named in the config; they are passed to the JDBC driver only (Spark redacts `password` in plans and logs) and never
 appear in a log line, an error message of ours or a table: `source_uri` is the URL without its parameters.
+
+Incremental reads (`incremental_column`): the filter `column > watermark - lag` is applied to the JDBC relation
+itself, so Spark pushes it into the query it sends (`SELECT ... FROM (table or query) WHERE "col" > '...'`, and
+into each range query of a partitioned read). The watermark is never spliced into SQL by us: it is parsed back
+into a typed Spark literal of the column's own type (a string cast, constant-folded) and Spark's JDBC dialect
+renders and escapes it for the database. The rows read are cached once, so the count, the new watermark and
+the documents come from one read of the database.
 """
 
 from __future__ import annotations
@@ -16,9 +23,24 @@ from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ByteType,
+    DataType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    ShortType,
+    StringType,
+    TimestampNTZType,
+    TimestampType,
+)
 
 from rag_spark.config import JdbcSource
 from rag_spark.ingest import IngestError
+from rag_spark.ingest.state import RemoteRead, SourceState, identity_hash, larger, micros_to_iso, shifted
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +104,39 @@ def _py4j_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+_WATERMARK_TYPES = (
+    ByteType, ShortType, IntegerType, LongType, DecimalType, FloatType, DoubleType,
+    TimestampType, TimestampNTZType, DateType, StringType,
+)  # fmt: skip
+
+
+def _canonical_max(col: str, dtype: DataType) -> F.Column:
+    """The largest value of `col` as canonical watermark text (rag_spark.ingest.state)."""
+    c = F.max(F.col(col))
+    if isinstance(dtype, TimestampType):
+        return F.unix_micros(c).cast("string")  # an instant: turned into UTC ISO text on the driver
+    if isinstance(dtype, TimestampNTZType):
+        return F.date_format(c, "yyyy-MM-dd'T'HH:mm:ss.SSSSSS")
+    if isinstance(dtype, DateType):
+        return F.date_format(c, "yyyy-MM-dd")
+    return c.cast("string")
+
+
 def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFrame, str]:
+    """A full read of the table or query: (documents, bad rows, source_uri); see `read_jdbc_since`."""
+    got = read_jdbc_since(spark, src, None)
+    return got.docs, got.bad, got.uri
+
+
+def read_jdbc_since(spark: SparkSession, src: JdbcSource, previous: SourceState | None) -> RemoteRead:
     """Reads a table or query into documents (`<name>/<id>`); rows without id or text go to quarantine.
 
-    Returns:
-        (documents, bad rows, source_uri).
+    With `incremental_column` and a `previous` state of the same source definition and column type, only rows
+    whose column is above the stored watermark (less `watermark_lag`) are read; otherwise everything is.
 
     Raises:
-        IngestError: if the database cannot be reached, the table/query fails, or a mapped column is missing.
+        IngestError: if the database cannot be reached, the table/query fails, a mapped column is missing, or
+            the incremental column has a type that cannot be a watermark.
     """
     uri = source_uri(src)
     opts = jdbc_reader_options(src)
@@ -102,11 +149,42 @@ def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFram
             first = first.replace(opts["password"], "***")
         raise IngestError(f"jdbc source {src.name!r} ({uri}): cannot read: {first}") from None
     columns = {c.lower(): c for c in df.columns}
-    wanted = [c for c in (src.id_column, src.text_column, src.title_column) if c is not None]
+    wanted = [c for c in (src.id_column, src.text_column, src.title_column, src.incremental_column) if c is not None]
     missing = [c for c in wanted if c.lower() not in columns]
     if missing:
         raise IngestError(f"jdbc source {src.name!r} ({uri}): no column {missing} among {df.columns}")
-    log.info("jdbc source %s: %s, %d partition(s)", src.name, uri, df.rdd.getNumPartitions())
+    state = SourceState(src.name, "jdbc", uri, identity_hash(src))
+    mode, read_from, wm_col, wm_type = "full", None, None, None
+    if src.incremental_column is not None:
+        wm_col = columns[src.incremental_column.lower()]
+        dtype = df.schema[wm_col].dataType
+        if not isinstance(dtype, _WATERMARK_TYPES):
+            raise IngestError(
+                f"jdbc source {src.name!r} ({uri}): incremental_column {wm_col!r} is {dtype.simpleString()}; "
+                "a watermark needs a number, date, timestamp or string column"
+            )
+        wm_type = dtype.simpleString()
+        if isinstance(dtype, StringType) and src.watermark_lag:
+            raise IngestError(f"jdbc source {src.name!r}: watermark_lag cannot apply to the string column {wm_col!r}")
+        state = SourceState(src.name, "jdbc", uri, identity_hash(src), watermark_type=wm_type)
+        if previous is not None and previous.watermark is not None and previous.watermark_type == wm_type:
+            try:
+                read_from = shifted(previous.watermark, wm_type, src.watermark_lag)
+            except ValueError as err:
+                raise IngestError(f"jdbc source {src.name!r}: {err}") from None
+            state = SourceState(src.name, "jdbc", uri, identity_hash(src), previous.watermark, wm_type)
+            # A typed literal of the column's own type: no cast on the column, so the filter is pushed down.
+            df = df.where(F.col(f"`{wm_col}`") > F.lit(read_from).cast(dtype))
+            mode = "incremental"
+        elif previous is not None and previous.watermark is not None:
+            log.info(
+                "jdbc source %s: %s is now %s (stored watermark is %s): full read",
+                src.name, wm_col, wm_type, previous.watermark_type,
+            )  # fmt: skip
+    log.info(
+        "jdbc source %s: %s, %d partition(s), %s",
+        src.name, uri, df.rdd.getNumPartitions(), f"rows above {read_from}" if read_from else "full read",
+    )  # fmt: skip
     rec_id = F.col(f"`{columns[src.id_column.lower()]}`").cast("string")
     text = F.col(f"`{columns[src.text_column.lower()]}`").cast("string")
     title = (
@@ -114,7 +192,21 @@ def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFram
         if src.title_column is not None
         else F.lit(None).cast("string")
     )
-    rows = df.select(rec_id.alias("id"), title.alias("title"), text.alias("text"))
+    wm = F.col(f"`{wm_col}`") if wm_col is not None else F.lit(None).cast("string")
+    rows = df.select(rec_id.alias("id"), title.alias("title"), text.alias("text"), wm.alias("_wm")).persist()
+    agg = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        (_canonical_max("_wm", df.schema[wm_col].dataType) if wm_col is not None else F.lit(None)).alias("wm"),
+    ).first()
+    assert agg is not None
+    n_read, new_max = int(agg["n"]), agg["wm"]
+    if new_max is not None and wm_type == "timestamp":
+        new_max = micros_to_iso(int(new_max))
+    if wm_type is not None:
+        state = SourceState(
+            src.name, "jdbc", uri, state.identity_hash, larger(state.watermark, new_max, wm_type), wm_type
+        )
+    log.info("jdbc source %s: %d rows read, watermark %s", src.name, n_read, state.watermark)
     no_id = F.col("id").isNull() | (F.trim("id") == "")
     no_text = F.col("text").isNull() | (F.trim("text") == "")
     snippet = F.to_json(F.struct("id", "title", F.substring("text", 1, 200).alias("text")))
@@ -137,4 +229,4 @@ def read_jdbc(spark: SparkSession, src: JdbcSource) -> tuple[DataFrame, DataFram
         F.col("text").alias("raw_text"),
         F.length(F.encode("text", "UTF-8")).cast("long").alias("size_bytes"),
     )
-    return docs, bad, uri
+    return RemoteRead(docs, bad, uri, mode, n_read, state, read_from, cached=[rows])
