@@ -36,7 +36,9 @@ def test_incremental_embed_and_index(spark, ray_local, tmp_path: Path) -> None: 
     assert again["index"].info == {"build_id": first["index"].info["build_id"], "reused": True}
 
     notes = data / "docs" / "notes.md"
-    notes.write_text(notes.read_text() + "\n\nUne phrase ajoutée à la fin pour changer ce document.\n", encoding="utf-8")
+    notes.write_text(
+        notes.read_text() + "\n\nUne phrase ajoutée à la fin pour changer ce document.\n", encoding="utf-8"
+    )
     sorted((data / "docs" / "faq").iterdir())[1].unlink()
     p = Pipeline(cfg, spark=spark)
     third = p.run(STAGES)
