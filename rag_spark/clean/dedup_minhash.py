@@ -440,9 +440,8 @@ def pair_similarity(pairs: DataFrame, sigs: DataFrame, num_perm: int, threshold:
     s = sigs.select("id", "sig")
     joined = pairs.select("a", "b").join(s.withColumnRenamed("id", "a").withColumnRenamed("sig", "sig_a"), "a")
     joined = joined.join(s.withColumnRenamed("id", "b").withColumnRenamed("sig", "sig_b"), "b")
-    return joined.select("a", "b", "sig_a", "sig_b").mapInArrow(  # type: ignore[arg-type]
-        _similarity_batches(num_perm, threshold), "a string, b string, similarity double"
-    )
+    verify = _similarity_batches(num_perm, threshold)
+    return joined.select("a", "b", "sig_a", "sig_b").mapInArrow(verify, "a string, b string, similarity double")  # type: ignore[arg-type]
 
 
 def similar_pairs(sigs: DataFrame, cfg: NearDedupConfig) -> DataFrame:
