@@ -40,6 +40,26 @@ def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 
 @pytest.fixture(scope="session")
+def ingest_run(spark):  # type: ignore[no-untyped-def]
+    """Runs the ingest stage once and checks the accounting invariant against the lake; returns how its one
+    database/API source was read (the stage info's `sources` entry)."""
+    from rag_spark import schema as S
+    from rag_spark.pipeline import Pipeline
+
+    def run(cfg, run_id: str, **kw):  # type: ignore[no-untyped-def]
+        p = Pipeline(cfg, spark=spark, run_id=run_id, **kw)
+        info = p.ingest().info
+        ids = [r.doc_id for r in p.lake.read(S.BRONZE).select("doc_id").collect()]
+        assert len(set(ids)) == len(ids) == info["bronze"]  # MERGEd, never duplicated
+        assert p.lake.read(S.QUARANTINE).where("stage = 'ingest'").count() == info["quarantined"]
+        assert info["documents_in"] == info["bronze"] + info["quarantined"]
+        (read,) = info["sources"]
+        return read
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     import ray
 

@@ -212,21 +212,9 @@ def test_api_through_collect_and_failures(
 # --- incremental reads (since_param / updated_field, conditional requests, source_state) ------------------------
 
 
-def _ingest(cfg: PipelineConfig, spark, run_id: str, **kw: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """One ingest run; checks the accounting invariant against the lake; returns how the API was read."""
-    p = Pipeline(cfg, spark=spark, run_id=run_id, **kw)
-    info = p.ingest().info
-    ids = [r.doc_id for r in p.lake.read(S.BRONZE).select("doc_id").collect()]
-    assert len(set(ids)) == len(ids) == info["bronze"]  # MERGEd, never duplicated
-    assert p.lake.read(S.QUARANTINE).where("stage = 'ingest'").count() == info["quarantined"]
-    assert info["documents_in"] == info["bronze"] + info["quarantined"]
-    (read,) = info["sources"]
-    return read
-
-
 @pytest.mark.slow
 def test_incremental_api_since_watermark_and_304(
-    spark, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark, ingest_run, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("RAG_TEST_API_TOKEN", TOKEN)
     _Handler.items = _items()
@@ -242,7 +230,7 @@ def test_incremental_api_since_watermark_and_304(
     lake = Pipeline(cfg, spark=spark).lake
     n = len(_Handler.items) - 1  # the last record has no text: quarantined
 
-    first = _ingest(cfg, spark, "run-1")
+    first = ingest_run(cfg, "run-1")
     assert (first["mode"], first["rows_read"], first["watermark"]) == ("full", n + 1, "2026-01-01T00:07:00Z")
     assert all("since=" not in path for path, _ in _Handler.conditional)
 
@@ -266,17 +254,17 @@ def test_incremental_api_since_watermark_and_304(
     assert lake.read(S.BRONZE).count() == n + 2
     assert lake.read(S.SOURCE_STATE).first().watermark == first["watermark"]
     mark = len(_Handler.conditional)
-    second = _ingest(cfg, spark, "run-2")  # reads the same 3 rows again (never skips them); MERGE absorbs them
+    second = ingest_run(cfg, "run-2")  # reads the same 3 rows again (never skips them); MERGE absorbs them
     assert (second["mode"], second["rows_read"]) == ("incremental", 3)
     assert (second["read_from"], second["watermark"]) == ("2026-01-01T00:07:00Z", "2026-02-01T00:00:05Z")
     assert all("since=2026-01-01T00%3A07%3A00Z" in path for path, _ in _Handler.conditional[mark:])
     docs = {r.doc_id: r for r in lake.read(S.BRONZE).collect()}
     assert len(docs) == n + 2 and docs[f"api/{changed['id']}"].raw_text.endswith(" Révisé.")
 
-    third = _ingest(cfg, spark, "run-3")  # nothing changed since: an empty answer (a new URL, so no validators)
+    third = ingest_run(cfg, "run-3")  # nothing changed since: an empty answer (a new URL, so no validators)
     assert (third["mode"], third["rows_read"]) == ("incremental", 0)
     mark = len(_Handler.conditional)
-    fourth = _ingest(cfg, spark, "run-4")  # the same first page again: If-None-Match -> 304
+    fourth = ingest_run(cfg, "run-4")  # the same first page again: If-None-Match -> 304
     assert (fourth["mode"], fourth["rows_read"], fourth["watermark"]) == ("not_modified", 0, "2026-02-01T00:00:05Z")
     assert len(_Handler.conditional) == mark + 1 and _Handler.conditional[mark][1] is not None
     assert lake.read(S.BRONZE).count() == n + 2  # carried over, nothing lost

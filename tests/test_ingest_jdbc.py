@@ -209,18 +209,6 @@ def _pipeline_cfg(tmp_path: Path, src: JdbcSource) -> PipelineConfig:
     )
 
 
-def _ingest(cfg: PipelineConfig, spark, run_id: str, **kw: object) -> dict:  # type: ignore[no-untyped-def]
-    """One ingest run; checks the accounting invariant against the lake and returns (run info, its source)."""
-    p = Pipeline(cfg, spark=spark, run_id=run_id, **kw)  # type: ignore[arg-type]
-    info = p.ingest().info
-    ids = [r.doc_id for r in p.lake.read(S.BRONZE).select("doc_id").collect()]
-    assert len(set(ids)) == len(ids) == info["bronze"]  # MERGEd, never duplicated
-    assert p.lake.read(S.QUARANTINE).where("stage = 'ingest'").count() == info["quarantined"]
-    assert info["documents_in"] == info["bronze"] + info["quarantined"]
-    (read,) = info["sources"]
-    return read
-
-
 def _merge_metrics(spark, cfg: PipelineConfig, table: str) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
     row = DeltaTable.forPath(spark, f"{cfg.resolved().lake_root}/{table}").history(1).first()
     assert row is not None and row.operation == "MERGE"
@@ -230,7 +218,7 @@ def _merge_metrics(spark, cfg: PipelineConfig, table: str) -> tuple[int, int, in
 
 @pytest.mark.slow
 def test_incremental_reads_from_the_watermark(
-    spark, postgres: Postgres, pg_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    spark, ingest_run, postgres: Postgres, pg_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:  # type: ignore[no-untyped-def]
     rows = [r for r in map(_record, CORPUS.read_text(encoding="utf-8").splitlines()) if r][:8]
     values = ",\n".join(
@@ -247,7 +235,7 @@ def test_incremental_reads_from_the_watermark(
     cfg = _pipeline_cfg(tmp_path, src)
     lake = Pipeline(cfg, spark=spark).lake
 
-    first = _ingest(cfg, spark, "run-1")
+    first = ingest_run(cfg, "run-1")
     assert first == {"name": "pg", "kind": "jdbc", "mode": "full", "read_from": None, "rows_read": n + 1,
                      "watermark": "2026-01-01T00:09:00.000000+00:00"}  # fmt: skip
     assert lake.read(S.BRONZE).count() == n
@@ -263,7 +251,7 @@ def test_incremental_reads_from_the_watermark(
         "UPDATE articles SET body = 'Modifié sans toucher updated_at.' WHERE id = 4;\n"
     )
     log_before = postgres.log.read_text(errors="replace")
-    second = _ingest(cfg, spark, "run-2")
+    second = ingest_run(cfg, "run-2")
     assert second["mode"] == "incremental" and second["rows_read"] == 3
     assert second["read_from"] == first["watermark"] and second["watermark"] == "2026-02-01T10:00:00.000002+00:00"
     # The filter ran in the database, in each of the partitioned range queries.
@@ -279,7 +267,7 @@ def test_incremental_reads_from_the_watermark(
         ("pg", "incremental", 3, "timestamp")
     ]
 
-    assert _ingest(cfg, spark, "run-3")["rows_read"] == 0  # nothing changed: nothing read
+    assert ingest_run(cfg, "run-3")["rows_read"] == 0  # nothing changed: nothing read
     assert _merge_metrics(spark, cfg, "bronze") == (0, 0, 0) and lake.read(S.BRONZE).count() == n + 2
 
     # A lag re-reads the window below the watermark (rows 20 and 3, not 21 an hour earlier).
