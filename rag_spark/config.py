@@ -56,7 +56,7 @@ class RayConfig(_Section):
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COLUMN = _ENV  # a plain SQL column name has the same shape as an environment variable name
 
 
 def _check_env_name(value: str | None, field: str) -> str | None:

@@ -48,6 +48,8 @@ _U64 = np.uint64
 _BASE = 0x100000001B3
 _MIX1 = _U64(0xFF51AFD7ED558CCD)
 _MIX2 = _U64(0xC4CEB9FE1A85EC53)
+# The value of a signature slot no shingle reached (documents without shingles keep it everywhere).
+_EMPTY = np.uint32(0xFFFFFFFF)
 # Shingles per block of the MinHash matrix: block x num_perm uint64 stays ~32 MB at 128 permutations.
 _BLOCK = 1 << 15
 
@@ -193,7 +195,7 @@ def minhash_signatures(
     if method != "permutations":
         raise ValueError(f"unknown MinHash method {method!r}: use 'one_permutation' or 'permutations'")
     a, b = permutations(num_perm, seed)
-    sig = np.full((n_docs, num_perm), 0xFFFFFFFF, dtype=np.uint32)
+    sig = np.full((n_docs, num_perm), _EMPTY, dtype=np.uint32)
     # The keys are the high 32 bits of well-mixed 64-bit shingle hashes, so the cheap bijections behave as random
     # permutations for the minimum (checked against exact Jaccard in the tests and by the benchmark's F1).
     keys = (hashes >> _U64(32)).astype(np.uint32)
@@ -212,14 +214,21 @@ def minhash_signatures(
     return sig
 
 
-_EMPTY = np.uint32(0xFFFFFFFF)
-
-
 @lru_cache(maxsize=8)
 def _probe_table(num_bins: int, seed: int) -> np.ndarray:
     """Densification probe sequences: row t holds every bin's t-th donor candidate (8 * num_bins attempts)."""
     rng = np.random.default_rng([seed, num_bins, 0xD0])
     return rng.integers(0, num_bins, size=(8 * num_bins, num_bins), dtype=np.int32)
+
+
+def _copy_from_donors(
+    sig: np.ndarray, empty: np.ndarray, rows: np.ndarray, cols: np.ndarray, donor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fills sig[rows, cols] from sig[rows, donor] where the donor bin was non-empty originally (so its value is an
+    original minimum, never a copy); returns the (rows, cols) still empty."""
+    ok = ~empty[rows, donor]
+    sig[rows[ok], cols[ok]] = sig[rows[ok], donor[ok]]
+    return rows[~ok], cols[~ok]
 
 
 def _one_permutation_signatures(doc: np.ndarray, hashes: np.ndarray, n_docs: int, k: int, seed: int) -> np.ndarray:
@@ -237,18 +246,12 @@ def _one_permutation_signatures(doc: np.ndarray, hashes: np.ndarray, n_docs: int
     for t in range(probes.shape[0]):
         if not rows.size:
             break
-        donor = probes[t, cols]
-        ok = ~empty[rows, donor]
-        sig[rows[ok], cols[ok]] = sig[rows[ok], donor[ok]]  # donors are originally non-empty: original values
-        rows, cols = rows[~ok], cols[~ok]
+        rows, cols = _copy_from_donors(sig, empty, rows, cols, probes[t, cols])
     # Still empty after 8k probes (documents with one or two non-empty bins): the next non-empty bin, circularly.
     for step in range(1, k):
         if not rows.size:
             break
-        donor = (cols + step) % k
-        ok = ~empty[rows, donor]
-        sig[rows[ok], cols[ok]] = sig[rows[ok], donor[ok]]
-        rows, cols = rows[~ok], cols[~ok]
+        rows, cols = _copy_from_donors(sig, empty, rows, cols, (cols + step) % k)
     return sig
 
 
