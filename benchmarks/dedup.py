@@ -135,7 +135,6 @@ def build_corpus(
     per_source = 1 + 1.5
     n_sources = int(n_docs * dup_fraction / per_source)
     n_hn = int(n_docs * hard_negative_fraction)
-    n_plain = max(0, n_docs - int(n_sources * per_source) - n_hn)
     long_enough = [(lang, t) for lang, t in pool if len(t.split()) >= min_words]
     # The real corpus bounds what can be planted: past ~100k documents, sources and hard negatives stay at what it
     # allows (a third of it as sources, half of the rest as hard negatives) and the rest are sentence mixtures.
@@ -409,54 +408,16 @@ def main(argv: list[str] | None = None) -> int:
                         args.peer_per_bucket,
                     )
                     peer_runs.append(psecs)
-            secs = min(ours_runs)
             # Sentence mixtures (past the real corpus) have no known truth: random picks can share most of their
             # text with another mixture or a short real document, which a person would call a duplicate. Quality
             # is measured over the documents whose truth is known; mixtures merged are printed beside it.
             labelled = {i for i, t in zip(corpus.ids, corpus.truth, strict=True) if not t.startswith("m")}
-            mixtures = len(corpus.ids) - len(labelled)
-            q = quality(corpus, ours, labelled)
-            row = {"docs": n_docs, "ours_s": ours_runs, "ours_dps": n_docs / secs}
-            row |= {f"ours_{k}": v for k, v in q.items()}
-            print(
-                f"ours       P {q['precision']:.4f} R {q['recall']:.4f} F1 {q['f1']:.4f}  "
-                f"hard negatives merged {q['hard_negatives_merged']}  runs {[round(x, 1) for x in ours_runs]} s  "
-                f"{n_docs / secs:,.0f} docs/s (fastest)"
-            )
-            print(f"           recall by edit rate {recall_by_rate(corpus, ours)}")
-            if mixtures:
-                q_all = quality(corpus, ours)
-                merged = sum(1 for i in corpus.ids if i not in labelled and ours.get(i, i) != i)
-                row |= {"ours_f1_all": q_all["f1"], "ours_mixtures_merged": merged}
-                print(
-                    f"           over {len(labelled)} labelled documents; counting the {mixtures} sentence mixtures "
-                    f"as distinct: F1 {q_all['f1']:.4f}; mixtures merged {merged}"
-                )
-            for lang in langs:
-                sub = {i for i, g in zip(corpus.ids, corpus.langs, strict=True) if g == lang and i in labelled}
-                ql = quality(corpus, ours, sub)
-                print(f"           {lang}: P {ql['precision']:.4f} R {ql['recall']:.4f} F1 {ql['f1']:.4f}")
+            row = {"docs": n_docs}
+            row |= report("ours", "ours", corpus, ours, ours_runs, labelled, langs)
             if not args.no_peer:
-                psecs = min(peer_runs)
-                pq = quality(corpus, peer, labelled)
-                row |= {"peer_s": peer_runs, "peer_dps": n_docs / psecs, **{f"peer_{k}": v for k, v in pq.items()}}
-                print(
-                    f"datatrove  P {pq['precision']:.4f} R {pq['recall']:.4f} F1 {pq['f1']:.4f}  "
-                    f"hard negatives merged {pq['hard_negatives_merged']}  runs {[round(x, 1) for x in peer_runs]} s  "
-                    f"{n_docs / psecs:,.0f} docs/s (fastest)"
-                )
-                print(f"           recall by edit rate {recall_by_rate(corpus, peer)}")
-                if mixtures:
-                    pq_all = quality(corpus, peer)
-                    merged = sum(1 for i in corpus.ids if i not in labelled and peer.get(i, i) != i)
-                    row |= {"peer_f1_all": pq_all["f1"], "peer_mixtures_merged": merged}
-                    print(f"           counting mixtures as distinct: F1 {pq_all['f1']:.4f}; mixtures merged {merged}")
-                for lang in langs:
-                    sub = {i for i, g in zip(corpus.ids, corpus.langs, strict=True) if g == lang and i in labelled}
-                    ql = quality(corpus, peer, sub)
-                    print(f"           {lang}: P {ql['precision']:.4f} R {ql['recall']:.4f} F1 {ql['f1']:.4f}")
-                row["speed_ratio"] = psecs / secs
-                print(f"speed ratio ours/datatrove (fastest runs): {psecs / secs:.2f}x")
+                row |= report("peer", "datatrove", corpus, peer, peer_runs, labelled, langs)
+                row["speed_ratio"] = min(peer_runs) / min(ours_runs)
+                print(f"speed ratio ours/datatrove (fastest runs): {row['speed_ratio']:.2f}x")
             results.append(row)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -464,6 +425,41 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + json.dumps(results, indent=1))
     spark.stop()
     return 0
+
+
+def report(
+    key: str,
+    name: str,
+    c: Corpus,
+    predicted: dict[str, str],
+    runs: list[float],
+    labelled: set[str],
+    langs: list[str],
+) -> dict[str, object]:
+    """Prints one job's quality (over `labelled`) and speed; returns its fields of the results row, `key`-prefixed."""
+    n_docs, secs = len(c.ids), min(runs)
+    q = quality(c, predicted, labelled)
+    row: dict[str, object] = {f"{key}_s": runs, f"{key}_dps": n_docs / secs, **{f"{key}_{k}": v for k, v in q.items()}}
+    print(
+        f"{name:<10} P {q['precision']:.4f} R {q['recall']:.4f} F1 {q['f1']:.4f}  "
+        f"hard negatives merged {q['hard_negatives_merged']}  runs {[round(x, 1) for x in runs]} s  "
+        f"{n_docs / secs:,.0f} docs/s (fastest)"
+    )
+    print(f"           recall by edit rate {recall_by_rate(c, predicted)}")
+    mixtures = n_docs - len(labelled)
+    if mixtures:
+        q_all = quality(c, predicted)
+        merged = sum(1 for i in c.ids if i not in labelled and predicted.get(i, i) != i)
+        row |= {f"{key}_f1_all": q_all["f1"], f"{key}_mixtures_merged": merged}
+        print(
+            f"           over {len(labelled)} labelled documents; counting the {mixtures} sentence mixtures "
+            f"as distinct: F1 {q_all['f1']:.4f}; mixtures merged {merged}"
+        )
+    for lang in langs:
+        sub = {i for i, g in zip(c.ids, c.langs, strict=True) if g == lang and i in labelled}
+        ql = quality(c, predicted, sub)
+        print(f"           {lang}: P {ql['precision']:.4f} R {ql['recall']:.4f} F1 {ql['f1']:.4f}")
+    return row
 
 
 def grid(spark, files: list[Path], corpus: Corpus, base, langs: list[str], shingles: list[str]) -> None:  # type: ignore[no-untyped-def]
