@@ -37,6 +37,10 @@ class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "rag-spark"
     shuffle_partitions: int = Field(4, ge=1)
+    delta_snapshot_partitions: int | None = Field(None, ge=1)
+    """Partitions Delta rebuilds a table's state (its log) in, on every read and commit; None: `shuffle_partitions`.
+    Delta's own default, 50, made every small-table commit run 50 tasks: half the time of a pipeline run on a small
+    lake went there (measured on the tiny fixture: ingest + clean + chunk twice, 140 s -> 78 s with 2)."""
     driver_memory: str = "4g"
     jars_dir: str = ".jars"
     """Folder holding the Delta jars (`make jars`); relative paths are resolved from the project root."""

@@ -51,6 +51,10 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config(
+            "spark.databricks.delta.snapshotPartitions",
+            str(cfg.delta_snapshot_partitions or cfg.shuffle_partitions),
+        )
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
