@@ -692,57 +692,68 @@ class Pipeline:
             .groupBy("query_id")
             .agg(F.sort_array(F.collect_list(F.struct("rank", "chunk_id", "context_text"))).alias("ctx"))
         )
-        n_todo = self._answer(res, self.cfg, h, queries, ctx)
-        res.info = {"to_answer": n_todo}
-        if self.cfg.evaluate.no_retrieval_baseline and not gcfg.no_retrieval:
-            res.info["baseline_to_answer"] = self._answer(res, self.cfg.baseline(), self.cfg.baseline_hash, queries)
+        variants: list[tuple[str, DataFrame | None]] = [(h, ctx)]
+        baseline = self.cfg.evaluate.no_retrieval_baseline and not gcfg.no_retrieval
+        if baseline:
+            variants.append((self.cfg.baseline_hash, None))
+        counts = self._answer(res, queries, variants)
+        res.info = {"to_answer": counts[h]}
+        if baseline:
+            res.info["baseline_to_answer"] = counts[self.cfg.baseline_hash]
         if "answers" not in res.outputs and self.lake.exists(S.ANSWERS):
             res.outputs["answers"] = self.lake.version(S.ANSWERS) or 0
-        res.rows = n_todo + int(res.info.get("baseline_to_answer", 0))
+        res.rows = sum(counts.values())
         return self._finish(res, t0)
 
     def _answer(
-        self, res: StageResult, cfg: PipelineConfig, h: str, queries: DataFrame, ctx: DataFrame | None = None
-    ) -> int:
-        """Answers the questions that have no answer under config hash `h` yet; returns how many it answered.
+        self, res: StageResult, queries: DataFrame, variants: list[tuple[str, DataFrame | None]]
+    ) -> dict[str, int]:
+        """Answers the questions that have no answer yet under each variant's config hash, all in one pass of the
+        actor pool (one engine load for the answers and the no-retrieval baseline); returns how many it answered
+        per config hash.
 
         Args:
             res: The generate stage's result (its `answers` output version is updated).
-            cfg: The configuration whose generator answers (the baseline's has `generate.no_retrieval`).
-            h: Config hash the answers are stored under.
             queries: query_id, text.
-            ctx: query_id, ctx (sorted structs of rank, chunk_id, context_text); None answers without context.
+            variants: (config hash the answers are stored under, ctx) pairs; ctx holds query_id, ctx (sorted
+                structs of rank, chunk_id, context_text), or is None to answer without context
+                (`generate.no_retrieval`, the baseline).
         """
-        answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
-        todo = queries.join(answered, "query_id", "left_anti")
         empty = F.array().cast("array<string>")
-        if ctx is None:
-            todo = todo.select(
-                "query_id",
-                F.col("text").alias("question"),
-                empty.alias("context_chunk_ids"),
-                empty.alias("context_texts"),
-            )
-        else:
-            todo = todo.join(ctx, "query_id", "left").select(
-                "query_id",
-                F.col("text").alias("question"),
-                F.coalesce(F.col("ctx.chunk_id"), empty).alias("context_chunk_ids"),
-                F.coalesce(F.col("ctx.context_text"), empty).alias("context_texts"),
-            )
-        n_todo = todo.count()
-        if n_todo == 0:
-            return 0
+        todo: DataFrame | None = None
+        for h, ctx in variants:
+            answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
+            part = queries.join(answered, "query_id", "left_anti")
+            if ctx is None:
+                part = part.select(
+                    "query_id",
+                    F.col("text").alias("question"),
+                    empty.alias("context_chunk_ids"),
+                    empty.alias("context_texts"),
+                )
+            else:
+                part = part.join(ctx, "query_id", "left").select(
+                    "query_id",
+                    F.col("text").alias("question"),
+                    F.coalesce(F.col("ctx.chunk_id"), empty).alias("context_chunk_ids"),
+                    F.coalesce(F.col("ctx.context_text"), empty).alias("context_texts"),
+                )
+            part = part.withColumn("no_retrieval", F.lit(ctx is None)).withColumn("config_hash", F.lit(h))
+            todo = part if todo is None else todo.unionByName(part)
+        assert todo is not None
+        counts = {h: 0 for h, _ in variants}
+        counts |= {r["config_hash"]: int(r["count"]) for r in todo.groupBy("config_hash").count().collect()}
+        if not any(counts.values()):
+            return counts
         from rag_spark.raycluster import generate_with_ray
 
         with self._staged(todo, "generate") as (staged_in, staged_out):
-            generate_with_ray(staged_in, staged_out, cfg)
-            new = self.lake.read_staging(staged_out).select(
-                F.lit(h).alias("config_hash"), "*", F.lit(self.run_id).alias("run_id")
-            )
-            # Resumable: earlier answers of this config stay; only new questions are added.
+            generate_with_ray(staged_in, staged_out, self.cfg)
+            # config_hash came through the actors with each row (AnswerBatch passes extra columns on).
+            new = self.lake.read_staging(staged_out).withColumn("run_id", F.lit(self.run_id))
+            # Resumable: earlier answers of each config stay; only new questions are added.
             res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
-        return n_todo
+        return counts
 
     def qa(self, questions: str | None = None, limit: int | None = None) -> StageResult:
         """Batch QA: questions (a file, or the `queries` table) -> retrievals + answers, one bounded round at a time.

@@ -408,6 +408,15 @@ def test_answer_batch_llamacpp_and_empty_context(llamacpp_generator) -> None:  #
     cfg = llamacpp_generator.cfg.model_copy(update={"abstain_without_context": False})
     asked = AnswerBatch(cfg, generator=llamacpp_generator)(batch)
     assert asked["tokens_out"][1] > 0 and asked["prompt_hash"][1] == out["prompt_hash"][1]
+    # One pass answers both variants (the pipeline's answers and its no-retrieval baseline): a `no_retrieval` row
+    # gets the baseline prompt and goes to the model although it has no context; extra columns are passed on.
+    mixed = batch | {"no_retrieval": np.array([False, True]), "config_hash": np.array(["rag", "baseline"])}
+    both = AnswerBatch(llamacpp_generator.cfg, generator=llamacpp_generator)(mixed)
+    alone = AnswerBatch(llamacpp_generator.cfg.model_copy(update={"no_retrieval": True}), generator=llamacpp_generator)
+    assert list(both["config_hash"]) == ["rag", "baseline"] and list(both["no_retrieval"]) == [False, True]
+    assert both["prompt_hash"][0] == out["prompt_hash"][0] and both["answer"][0] == out["answer"][0]
+    assert both["prompt_hash"][1] == alone(batch)["prompt_hash"][1] != out["prompt_hash"][1]
+    assert both["tokens_out"][1] > 0
 
 
 def test_llamacpp_config_errors(tmp_path: Path) -> None:

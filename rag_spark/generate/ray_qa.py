@@ -83,6 +83,10 @@ class AnswerBatch:
     Input columns: `query_id`, `question`, `context_chunk_ids` (list of str per row, best first),
     `context_texts` (list of str per row, aligned with the ids).
 
+    An optional boolean input column `no_retrieval` answers its rows without context (the baseline prompt of
+    `generate.no_retrieval`), so one engine answers both variants; without it every row follows `cfg`. Input columns
+    beyond these (a config hash, ...) are passed on unchanged.
+
     Output columns: `query_id`, `answer`, `cited_chunk_ids` (ids the answer cites as `[n]`),
     `context_chunk_ids` (ids actually included in the prompt, after the token budget), `prompt_hash`, `model_id`,
     `tokens_in`, `tokens_out`, `latency_ms` (as the backend measures it, see `Generation`; prompt building is not
@@ -97,6 +101,8 @@ class AnswerBatch:
     def __init__(self, cfg: GenerateConfig, generator: Generator | None = None) -> None:
         self.cfg = cfg
         self._generator = generator
+        # The prompt settings per row: with and without retrieval (same model, same sampling).
+        self._variants = {flag: cfg.model_copy(update={"no_retrieval": flag}) for flag in (False, True)}
 
     @property
     def generator(self) -> Generator:
@@ -124,19 +130,23 @@ class AnswerBatch:
             raise KeyError(f"AnswerBatch input lacks columns {missing}; it needs {list(INPUT_COLUMNS)}")
         generator = self.generator
         tokenizer = generator.tokenizer
+        n = len(batch["query_id"])
+        flags = [bool(f) for f in batch["no_retrieval"]] if "no_retrieval" in batch else [self.cfg.no_retrieval] * n
         builds = []
-        for question, ids, texts in zip(
-            batch["question"], batch["context_chunk_ids"], batch["context_texts"], strict=True
+        for question, ids, texts, flag in zip(
+            batch["question"], batch["context_chunk_ids"], batch["context_texts"], flags, strict=True
         ):
             ids_list, texts_list = _str_list(ids), _str_list(texts)
             if len(ids_list) != len(texts_list):
                 raise ValueError(f"context_chunk_ids ({len(ids_list)}) and context_texts ({len(texts_list)}) differ")
             contexts = list(zip(ids_list, texts_list, strict=True))
-            builds.append(build_prompt(str(question), contexts, tokenizer, self.cfg))
+            builds.append(build_prompt(str(question), contexts, tokenizer, self._variants[flag]))
         # Without any context the template's answer is "I don't know": give it without asking the model, which
         # (at 135M-0.5B parameters) tends to answer from memory instead. tokens_out 0 marks these rows.
-        may_skip = self.cfg.abstain_without_context and not self.cfg.no_retrieval
-        abstain = [may_skip and not b.included_ids for b in builds]
+        abstain = [
+            self.cfg.abstain_without_context and not flag and not b.included_ids
+            for b, flag in zip(builds, flags, strict=True)
+        ]
         asked = [b.prompt for b, skip in zip(builds, abstain, strict=True) if not skip]
         answered = iter(generator.generate(asked))
         no_answer = NO_ANSWER[self.cfg.language]
@@ -145,7 +155,8 @@ class AnswerBatch:
             for b, skip in zip(builds, abstain, strict=True)
         ]
         model_id = generator.model_id
-        return {
+        passed_on = {c: np.asarray(v) for c, v in batch.items() if c not in INPUT_COLUMNS and c not in OUTPUT_COLUMNS}
+        return passed_on | {
             "query_id": np.asarray(batch["query_id"]),
             "answer": np.array([g.text for g in generations], dtype=object),
             "cited_chunk_ids": _object_column(
