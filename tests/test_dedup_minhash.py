@@ -101,6 +101,32 @@ def test_shingles_and_signature_estimate_jaccard() -> None:
     assert np.bincount(wdoc, minlength=4).tolist() == [8, 8, 0, 1]
 
 
+def test_bbit_signatures_estimate_like_full_ones(spark) -> None:  # type: ignore[no-untyped-def]
+    """8-bit values agree by chance 1 time in 256: unrelated signatures estimate ~0 once corrected; related ones
+    estimate what the full 32-bit values do; the Spark job ships num_perm bytes a document."""
+    from rag_spark.clean.dedup_minhash import _binary_rows, _rows_of_binary, bbit_similarity, low_bits, signatures
+
+    rng = np.random.default_rng(0)
+    unrelated = rng.integers(0, 2**32, size=(2, 20_000, 128), dtype=np.uint64).astype(np.uint32)
+    raw = (low_bits(unrelated[0], 8) == low_bits(unrelated[1], 8)).mean(axis=1)
+    assert abs(raw.mean() - 1 / 256) < 5e-4 and bbit_similarity(np.array([1 / 256, 1.0]), 8).tolist() == [0, 1]
+    assert np.quantile(bbit_similarity(raw, 8), 0.999) < 0.03  # far below any threshold
+    # Pairs at known similarity: a fraction j of the 128 values shared, the rest independent.
+    for j in (0.3, 0.6, 0.9):
+        b = unrelated[1].copy()
+        b[:, : int(j * 128)] = unrelated[0][:, : int(j * 128)]
+        full = (unrelated[0] == b).mean(axis=1)
+        eight = bbit_similarity((low_bits(unrelated[0], 8) == low_bits(b, 8)).mean(axis=1), 8)
+        assert abs(eight.mean() - full.mean()) < 2e-3 and np.abs(eight - full).max() < 0.05
+    for bits in (8, 16, 32):
+        values = low_bits(unrelated[0][:5], bits)
+        assert np.array_equal(_rows_of_binary(_binary_rows(values), 128, bits), values)
+    df = spark.createDataFrame([("a", BASES[0]), ("b", BASES[1])], "doc_id string, text string")
+    for bits in (8, 32):
+        rows = signatures(df, NearDedupConfig(signature_bits=bits)).collect()
+        assert [len(r.sig) for r in rows] == [128 * bits // 8] * 2
+
+
 def test_connected_components_min_label(spark) -> None:  # type: ignore[no-untyped-def]
     # A chain whose smallest id sits at one end takes several rounds; a separate pair.
     edges = spark.createDataFrame([("e", "d"), ("d", "c"), ("c", "b"), ("b", "a"), ("x", "y")], "a string, b string")

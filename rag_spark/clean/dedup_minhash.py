@@ -14,8 +14,10 @@ The job, all lazy DataFrame transformations (no I/O here):
    within partitions, then the pairs of each sorted run generated with numpy (no per-bucket arrays). Buckets
    larger than `max_bucket_size` only pair each member with the bucket's smallest id, so a pathological bucket
    costs linear, not quadratic, work.
-4. **Verify**: each candidate pair's Jaccard similarity is estimated from the two full signatures (fraction of
-   equal values, standard error <= 0.5/sqrt(num_perm), compared with numpy); pairs below `threshold` are dropped.
+4. **Verify**: each candidate pair's Jaccard similarity is estimated from the two signatures (fraction of equal
+   values, standard error <= 0.5/sqrt(num_perm), compared with numpy); pairs below `threshold` are dropped. Only
+   the low `signature_bits` of each value travel to this step (b-bit MinHash: 128 bytes a document at 8 bits
+   instead of 512), the estimate corrected for the values that agree by chance.
 5. **Connected components** of the verified pairs by iterative min-label propagation with pointer jumping
    (Spark joins, `localCheckpoint` per round). The label of a component is its smallest id. When there are at
    most `local_components_max_edges` verified pairs (the usual case: near duplicates are a minority), the
@@ -37,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import ArrayType, BinaryType, IntegerType, LongType, StringType, StructField, StructType
 
 from rag_spark.config import NearDedupConfig
 
@@ -271,7 +273,7 @@ def band_hashes(sig: np.ndarray, bands: int, seed: int) -> np.ndarray:
 _SIG_SCHEMA = StructType(
     [
         StructField("id", StringType(), False),
-        StructField("sig", ArrayType(IntegerType(), False), False),
+        StructField("sig", BinaryType(), False),
         StructField("bands", ArrayType(LongType(), False), False),
         StructField("n_shingles", IntegerType(), False),
     ]
@@ -289,9 +291,45 @@ def normalize_arrow(texts: pa.Array) -> pa.Array:
     return pc.utf8_trim(t, " ")
 
 
+_BIT_TYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
+
+
+def low_bits(sig: np.ndarray, bits: int) -> np.ndarray:
+    """The low `bits` of every uint32 MinHash value (b-bit MinHash), as the smallest unsigned type holding them."""
+    return sig.astype(_BIT_TYPES[bits])  # unsigned narrowing keeps the low bits
+
+
+def bbit_similarity(equal_fraction: np.ndarray, bits: int) -> np.ndarray:
+    """Jaccard estimate from the fraction of equal b-bit values: P(equal) = J + (1 - J) 2^-bits, solved for J."""
+    chance = 2.0**-bits
+    return np.clip((equal_fraction - chance) / (1.0 - chance), 0.0, 1.0)
+
+
+def _binary_rows(values: np.ndarray) -> pa.Array:
+    """Each row of a 2-D array as one binary value (its bytes, row-major)."""
+    n, width = values.shape[0], values.shape[1] * values.itemsize
+    offsets = np.arange(n + 1, dtype=np.int32) * width
+    data = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _rows_of_binary(column: pa.Array, num_perm: int, bits: int) -> np.ndarray:
+    """The inverse of `_binary_rows`: an (n, num_perm) array of the b-bit values of a binary column."""
+    n = len(column)
+    if column.null_count:
+        raise ValueError("a MinHash signature is null")
+    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], dtype=offset_type)[column.offset : column.offset + n + 1]
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    width = num_perm * bits // 8
+    if data.size != n * width or (n and not (np.diff(offsets) == width).all()):
+        raise ValueError(f"MinHash signatures are not {width} bytes each ({num_perm} values of {bits} bits)")
+    return data.view(_BIT_TYPES[bits]).reshape(n, num_perm)
+
+
 def _signature_batches(cfg: NearDedupConfig) -> object:
     kind, size, num_perm, bands, seed = cfg.shingle, cfg.shingle_size, cfg.num_perm, cfg.bands, cfg.seed
-    method = cfg.hashing
+    method, bits = cfg.hashing, cfg.signature_bits
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -313,9 +351,7 @@ def _signature_batches(cfg: NearDedupConfig) -> object:
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column(0).cast(pa.string()),
-                    pa.FixedSizeListArray.from_arrays(pa.array(sig.view(np.int32).ravel()), num_perm).cast(
-                        pa.list_(pa.field("element", pa.int32(), nullable=False))
-                    ),
+                    _binary_rows(low_bits(sig, bits)),
                     pa.FixedSizeListArray.from_arrays(pa.array(bh.ravel()), bands).cast(
                         pa.list_(pa.field("element", pa.int64(), nullable=False))
                     ),
@@ -324,7 +360,7 @@ def _signature_batches(cfg: NearDedupConfig) -> object:
                 schema=pa.schema(
                     [
                         pa.field("id", pa.string(), False),
-                        pa.field("sig", pa.list_(pa.field("element", pa.int32(), False)), False),
+                        pa.field("sig", pa.binary(), False),
                         pa.field("bands", pa.list_(pa.field("element", pa.int64(), False)), False),
                         pa.field("n_shingles", pa.int32(), False),
                     ]
@@ -335,7 +371,8 @@ def _signature_batches(cfg: NearDedupConfig) -> object:
 
 
 def signatures(df: DataFrame, cfg: NearDedupConfig, id_col: str = "doc_id", text_col: str = "text") -> DataFrame:
-    """id, sig (num_perm int32 MinHash values), bands (int64 per band), n_shingles of every row of `df`."""
+    """id, sig (the low `signature_bits` of the num_perm MinHash values, as bytes), bands (int64 per band, cut from
+    the full values), n_shingles of every row of `df`."""
     src = df.select(F.col(id_col).cast("string").alias("id"), F.col(text_col).cast("string").alias("text"))
     return src.mapInArrow(_signature_batches(cfg), _SIG_SCHEMA)  # type: ignore[arg-type]
 
@@ -418,17 +455,18 @@ def candidate_pairs(sigs: DataFrame, cfg: NearDedupConfig) -> DataFrame:
     return pairs.where(F.col("a") != F.col("b")).distinct()
 
 
-def _similarity_batches(num_perm: int, threshold: float) -> object:
-    """mapInArrow over (a, b, sig_a, sig_b): the fraction of equal MinHash values, rows below threshold dropped."""
+def _similarity_batches(num_perm: int, bits: int, threshold: float) -> object:
+    """mapInArrow over (a, b, sig_a, sig_b): the Jaccard estimate from equal b-bit values, rows below threshold
+    dropped."""
 
     def compute(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             n = batch.num_rows
             if not n:
                 continue
-            sa = batch.column(2).flatten().to_numpy().reshape(n, num_perm)
-            sb = batch.column(3).flatten().to_numpy().reshape(n, num_perm)
-            sim = (sa == sb).mean(axis=1)
+            sa = _rows_of_binary(batch.column(2), num_perm, bits)
+            sb = _rows_of_binary(batch.column(3), num_perm, bits)
+            sim = bbit_similarity((sa == sb).mean(axis=1), bits)
             keep = pa.array(sim >= threshold)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(0).filter(keep), batch.column(1).filter(keep), pa.array(sim).filter(keep)],
@@ -438,18 +476,18 @@ def _similarity_batches(num_perm: int, threshold: float) -> object:
     return compute
 
 
-def pair_similarity(pairs: DataFrame, sigs: DataFrame, num_perm: int, threshold: float = 0.0) -> DataFrame:
+def pair_similarity(pairs: DataFrame, sigs: DataFrame, num_perm: int, bits: int, threshold: float = 0.0) -> DataFrame:
     """(a, b, similarity) of `pairs` whose estimated Jaccard similarity (from `sigs`' id, sig) is >= threshold."""
     s = sigs.select("id", "sig")
     joined = pairs.select("a", "b").join(s.withColumnRenamed("id", "a").withColumnRenamed("sig", "sig_a"), "a")
     joined = joined.join(s.withColumnRenamed("id", "b").withColumnRenamed("sig", "sig_b"), "b")
-    verify = _similarity_batches(num_perm, threshold)
+    verify = _similarity_batches(num_perm, bits, threshold)
     return joined.select("a", "b", "sig_a", "sig_b").mapInArrow(verify, "a string, b string, similarity double")  # type: ignore[arg-type]
 
 
 def similar_pairs(sigs: DataFrame, cfg: NearDedupConfig) -> DataFrame:
     """Candidate pairs whose estimated Jaccard similarity is >= threshold: (a, b, similarity)."""
-    return pair_similarity(candidate_pairs(sigs, cfg), sigs, cfg.num_perm, cfg.threshold)
+    return pair_similarity(candidate_pairs(sigs, cfg), sigs, cfg.num_perm, cfg.signature_bits, cfg.threshold)
 
 
 def connected_components(edges: DataFrame, max_iterations: int = 30) -> DataFrame:
@@ -532,7 +570,9 @@ def near_duplicates(df: DataFrame, cfg: NearDedupConfig, id_col: str = "doc_id",
     sigs = signatures(df, cfg, id_col, text_col).localCheckpoint()
     edges = similar_pairs(sigs, cfg).localCheckpoint()
     labels = cluster_labels(edges, cfg).where(F.col("id") != F.col("label"))
-    members = pair_similarity(labels.select(F.col("id").alias("a"), F.col("label").alias("b")), sigs, cfg.num_perm)
+    members = pair_similarity(
+        labels.select(F.col("id").alias("a"), F.col("label").alias("b")), sigs, cfg.num_perm, cfg.signature_bits
+    )
     return members.select(F.col("a").alias("doc_id"), F.col("b").alias("duplicate_of"), "similarity")
 
 
