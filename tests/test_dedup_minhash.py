@@ -134,10 +134,11 @@ def test_connected_components_min_label(spark) -> None:  # type: ignore[no-untyp
     assert labels == {"a": "a", "b": "a", "c": "a", "d": "a", "e": "a", "x": "x", "y": "x"}
 
 
-def test_near_dedup_clusters_planted_set(spark) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("local_max", [200_000, 0], ids=["driver", "spark"])
+def test_near_dedup_clusters_planted_set(spark, local_max: int) -> None:  # type: ignore[no-untyped-def]
     rows, truth = planted()
     df = spark.createDataFrame(rows, "doc_id string, text string")
-    kept, dups = dedup_near(df, NearDedupConfig(), "r1")
+    kept, dups = dedup_near(df, NearDedupConfig(local_max_documents=local_max), "r1")
     got = {r.doc_id: (r.duplicate_of, r.similarity, r.method) for r in dups.collect()}
     expected = {doc: src for doc, src in truth.items() if doc != src}
     assert {d: v[0] for d, v in got.items()} == expected  # every planted copy, no hard negative
@@ -210,3 +211,24 @@ def test_candidate_pairs_all_pairs_or_star(spark) -> None:  # type: ignore[no-un
     assert pairs == {("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")}
     star = {(r.a, r.b) for r in candidate_pairs(sigs, NearDedupConfig(max_bucket_size=3)).collect()}
     assert star == {("a", "b"), ("a", "c"), ("a", "d")}
+
+
+def test_driver_and_spark_steps_give_the_same_duplicates(spark) -> None:  # type: ignore[no-untyped-def]
+    """The numpy steps on the driver (small inputs) and the Spark steps: the same rows, similarities included, with
+    a bucket over max_bucket_size (star pairs), documents without shingles, ids in non-ASCII order, a low threshold
+    that links chains of pairs."""
+    from rag_spark.clean.dedup_minhash import near_duplicates
+
+    rows, _ = planted()
+    rows += [("z-empty", ""), ("z-short", "ab"), ("é1", BASES[3]), ("Z2", BASES[3].upper())]
+    rows += [(f"w{i}", _edit(BASES[0], random.Random(i), 1)) for i in range(6)]
+    df = spark.createDataFrame(rows, "doc_id string, text string")
+    for cfg in (NearDedupConfig(max_bucket_size=3), NearDedupConfig(threshold=0.3)):
+        driver, on_spark = (
+            sorted((r.doc_id, r.duplicate_of, round(r.similarity, 12)) for r in near_duplicates(df, c).collect())
+            for c in (
+                cfg.model_copy(update={"local_max_documents": 1000}),
+                cfg.model_copy(update={"local_max_documents": 0}),
+            )
+        )
+        assert driver == on_spark and len(driver) >= 20

@@ -525,15 +525,26 @@ def connected_components(edges: DataFrame, max_iterations: int = 30) -> DataFram
     )
 
 
+def component_labels(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """For nodes 0..n-1 in id order linked by edges (a, b): each node's label, the smallest node of its connected
+    component (scipy's sparse graph routine)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
+
+    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n))
+    _, comp = cc(graph, directed=False)
+    # Nodes are in id order, so the first node of each component in index order is its smallest id.
+    first = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, comp, np.arange(n))
+    return first[comp]
+
+
 def components_on_driver(edges: DataFrame) -> DataFrame:
     """The same labels as `connected_components`, computed on the driver with scipy's sparse graph routine.
 
     Used when the verified edges are few (`local_components_max_edges`): near-duplicate edges are usually a small
     fraction of the documents, and one collect replaces several Spark rounds of joins.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as cc
-
     spark = edges.sparkSession
     rows = edges.select("a", "b").collect()
     if not rows:
@@ -542,12 +553,7 @@ def components_on_driver(edges: DataFrame) -> DataFrame:
     index = {n: i for i, n in enumerate(nodes)}
     a = np.fromiter((index[r[0]] for r in rows), dtype=np.int64, count=len(rows))
     b = np.fromiter((index[r[1]] for r in rows), dtype=np.int64, count=len(rows))
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (a, b)), shape=(nodes.size, nodes.size))
-    _, comp = cc(graph, directed=False)
-    # Nodes are sorted, so the first node of each component in index order is its smallest id.
-    first = np.full(comp.max() + 1, nodes.size, dtype=np.int64)
-    np.minimum.at(first, comp, np.arange(nodes.size))
-    labels = nodes[first[comp]]
+    labels = nodes[component_labels(a, b, nodes.size)]
     return spark.createDataFrame(list(zip(nodes.tolist(), labels.tolist(), strict=True)), "id string, label string")
 
 
@@ -561,13 +567,64 @@ def cluster_labels(edges: DataFrame, cfg: NearDedupConfig) -> DataFrame:
     return connected_components(edges, cfg.max_iterations)
 
 
+_DUPS_SCHEMA = "doc_id string, duplicate_of string, similarity double"
+# Pairs compared at a time on the driver: 1M pairs x 128 one-byte values x 2 stay ~256 MB.
+_PAIR_BLOCK = 1 << 20
+
+
+def _similarity_of(sig: np.ndarray, a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """Jaccard estimates of the row pairs (a, b) of an (n, num_perm) b-bit signature matrix, in blocks."""
+    equal = np.empty(a.size, dtype=np.float64)
+    for start in range(0, a.size, _PAIR_BLOCK):
+        end = start + _PAIR_BLOCK
+        equal[start:end] = (sig[a[start:end]] == sig[b[start:end]]).mean(axis=1)
+    return bbit_similarity(equal, bits)
+
+
+def near_duplicates_local(sigs: pa.Table, cfg: NearDedupConfig) -> pa.Table:
+    """Steps 3-6 of the job on the driver with numpy, over collected signatures (`signatures`' columns): the
+    same buckets, pairs, verification, components and representatives as the Spark steps, without their jobs.
+
+    Returns:
+        doc_id, duplicate_of, similarity (as `near_duplicates`).
+    """
+    ids = np.array(sigs.column("id").to_pylist(), dtype=object)
+    order = np.argsort(ids, kind="stable")  # Python string order = code point order = Spark's UTF-8 byte order
+    ids, n = ids[order], ids.size
+    sig = _rows_of_binary(sigs.column("sig").combine_chunks(), cfg.num_perm, cfg.signature_bits)[order]
+    bands = sigs.column("bands").combine_chunks().flatten().to_numpy().reshape(n, cfg.bands)[order]
+    rows = np.flatnonzero(sigs.column("n_shingles").to_numpy()[order] > 0)
+    # Buckets: (key, row) sorted by key then id order, as Spark's shuffle + sortWithinPartitions gives them.
+    keys, members = bands[rows].ravel(), np.repeat(rows, cfg.bands)
+    by_key = np.lexsort((members, keys))
+    keys, members = keys[by_key], members[by_key]
+    i, j = _run_pairs(keys, cfg.max_bucket_size)
+    a, b = members[i], members[j]
+    pair = np.unique(a[a != b].astype(np.int64) * n + b[a != b])
+    a, b = pair // n, pair % n
+    verified = _similarity_of(sig, a, b, cfg.signature_bits) >= cfg.threshold
+    label = component_labels(a[verified], b[verified], n) if n else np.zeros(0, np.int64)
+    dup = np.flatnonzero(label != np.arange(n))
+    return pa.table(
+        {
+            "doc_id": pa.array(ids[dup].tolist(), pa.string()),
+            "duplicate_of": pa.array(ids[label[dup]].tolist(), pa.string()),
+            "similarity": pa.array(_similarity_of(sig, dup, label[dup], cfg.signature_bits), pa.float64()),
+        }
+    )
+
+
 def near_duplicates(df: DataFrame, cfg: NearDedupConfig, id_col: str = "doc_id", text_col: str = "text") -> DataFrame:
     """Rows of `df` that are near-duplicates of another row: (doc_id, duplicate_of, similarity).
 
     `duplicate_of` is the smallest id of the row's cluster (never itself a duplicate); `similarity` is the
-    estimated Jaccard similarity of the row's shingles to the representative's. Ids must be unique.
+    estimated Jaccard similarity of the row's shingles to the representative's. Ids must be unique. Signatures are
+    always computed by Spark; up to `local_max_documents` rows, the rest runs on the driver (`near_duplicates_local`).
     """
     sigs = signatures(df, cfg, id_col, text_col).localCheckpoint()
+    if cfg.local_max_documents and sigs.count() <= cfg.local_max_documents:
+        log.debug("near duplicates: candidates, verification and components on the driver")
+        return df.sparkSession.createDataFrame(near_duplicates_local(sigs.toArrow(), cfg).to_pandas(), _DUPS_SCHEMA)
     edges = similar_pairs(sigs, cfg).localCheckpoint()
     labels = cluster_labels(edges, cfg).where(F.col("id") != F.col("label"))
     members = pair_similarity(
