@@ -25,6 +25,10 @@ The job, all lazy DataFrame transformations (no I/O here):
 6. **Representative**: the smallest id of each cluster (the same rule as exact dedup), so the choice does not
    depend on partitioning or input order. Every other member is a duplicate of it, with the estimated Jaccard
    similarity *to the representative* (transitively linked members can be below `threshold`).
+
+Small inputs (at most `local_max_documents` rows) run steps 3-6 on the driver instead (`near_duplicates_local`):
+the same sorted buckets, pairs, b-bit verification, components and representatives with numpy over the collected
+signatures, giving the same rows without five Spark jobs whose fixed cost dominates at that size.
 """
 
 from __future__ import annotations
