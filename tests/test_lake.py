@@ -70,3 +70,9 @@ def test_a_table_from_an_older_schema_gains_new_nullable_columns_on_merge(spark,
     required = replace(new, schema=StructType([*new.schema.fields, StructField("must", StringType(), False)]))
     with pytest.raises(ValueError, match=r"lacks non-nullable columns \['must'\]"):
         lake.merge(required, spark.createDataFrame([("q2", "b", "fr", "x")], required.schema), meta={})
+
+
+def test_delta_state_is_rebuilt_in_the_sessions_partitions(spark) -> None:  # type: ignore[no-untyped-def]
+    # build_spark sizes Delta's state reconstruction to spark.shuffle_partitions (2 in the test session), not
+    # Delta's 50 tasks for every small-table read and commit.
+    assert spark.conf.get("spark.databricks.delta.snapshotPartitions") == "2"
