@@ -309,6 +309,11 @@ def bbit_similarity(equal_fraction: np.ndarray, bits: int) -> np.ndarray:
     return np.clip((equal_fraction - chance) / (1.0 - chance), 0.0, 1.0)
 
 
+def estimate_similarity(sa: np.ndarray, sb: np.ndarray, bits: int) -> np.ndarray:
+    """Row-wise Jaccard estimates from two (n, num_perm) b-bit signature matrices."""
+    return bbit_similarity((sa == sb).mean(axis=1), bits)
+
+
 def _binary_rows(values: np.ndarray) -> pa.Array:
     """Each row of a 2-D array as one binary value (its bytes, row-major)."""
     n, width = values.shape[0], values.shape[1] * values.itemsize
@@ -470,7 +475,7 @@ def _similarity_batches(num_perm: int, bits: int, threshold: float) -> object:
                 continue
             sa = _rows_of_binary(batch.column(2), num_perm, bits)
             sb = _rows_of_binary(batch.column(3), num_perm, bits)
-            sim = bbit_similarity((sa == sb).mean(axis=1), bits)
+            sim = estimate_similarity(sa, sb, bits)
             keep = pa.array(sim >= threshold)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(0).filter(keep), batch.column(1).filter(keep), pa.array(sim).filter(keep)],
@@ -578,11 +583,11 @@ _PAIR_BLOCK = 1 << 20
 
 def _similarity_of(sig: np.ndarray, a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
     """Jaccard estimates of the row pairs (a, b) of an (n, num_perm) b-bit signature matrix, in blocks."""
-    equal = np.empty(a.size, dtype=np.float64)
+    sim = np.empty(a.size, dtype=np.float64)
     for start in range(0, a.size, _PAIR_BLOCK):
         end = start + _PAIR_BLOCK
-        equal[start:end] = (sig[a[start:end]] == sig[b[start:end]]).mean(axis=1)
-    return bbit_similarity(equal, bits)
+        sim[start:end] = estimate_similarity(sig[a[start:end]], sig[b[start:end]], bits)
+    return sim
 
 
 def near_duplicates_local(sigs: pa.Table, cfg: NearDedupConfig) -> pa.Table:
