@@ -724,21 +724,18 @@ class Pipeline:
         for h, ctx in variants:
             answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
             part = queries.join(answered, "query_id", "left_anti")
-            if ctx is None:
-                part = part.select(
-                    "query_id",
-                    F.col("text").alias("question"),
-                    empty.alias("context_chunk_ids"),
-                    empty.alias("context_texts"),
-                )
-            else:
-                part = part.join(ctx, "query_id", "left").select(
-                    "query_id",
-                    F.col("text").alias("question"),
-                    F.coalesce(F.col("ctx.chunk_id"), empty).alias("context_chunk_ids"),
-                    F.coalesce(F.col("ctx.context_text"), empty).alias("context_texts"),
-                )
-            part = part.withColumn("no_retrieval", F.lit(ctx is None)).withColumn("config_hash", F.lit(h))
+            ids = texts = empty
+            if ctx is not None:
+                part = part.join(ctx, "query_id", "left")
+                ids, texts = F.coalesce(F.col("ctx.chunk_id"), empty), F.coalesce(F.col("ctx.context_text"), empty)
+            part = part.select(
+                "query_id",
+                F.col("text").alias("question"),
+                ids.alias("context_chunk_ids"),
+                texts.alias("context_texts"),
+                F.lit(ctx is None).alias("no_retrieval"),
+                F.lit(h).alias("config_hash"),
+            )
             todo = part if todo is None else todo.unionByName(part)
         assert todo is not None
         counts = {h: 0 for h, _ in variants}

@@ -609,7 +609,8 @@ def near_duplicates_local(sigs: pa.Table, cfg: NearDedupConfig) -> pa.Table:
     keys, members = keys[by_key], members[by_key]
     i, j = _run_pairs(keys, cfg.max_bucket_size)
     a, b = members[i], members[j]
-    pair = np.unique(a[a != b].astype(np.int64) * n + b[a != b])
+    distinct = a != b
+    pair = np.unique(a[distinct].astype(np.int64) * n + b[distinct])
     a, b = pair // n, pair % n
     verified = _similarity_of(sig, a, b, cfg.signature_bits) >= cfg.threshold
     label = component_labels(a[verified], b[verified], n) if n else np.zeros(0, np.int64)
