@@ -6,14 +6,18 @@ threads, same run. Each engine runs in its own subprocess, one after the other (
 memory are released between them). Modes:
 
 - `vllm batched`: every prompt in one `LLM.generate` call (continuous batching);
-- `vllm naive`: the same engine, one prompt per call, in a loop (the baseline the goal is stated against);
+- `transformers loop`: the naive way, without an inference engine: Hugging Face transformers'
+  `model.generate` on the same model folder vLLM loads (its bf16 weights, greedy), one prompt at a time, the
+  same CPU threads (`torch.set_num_threads`); the baseline the ratios are stated against;
+- `vllm naive`: vLLM's engine, one prompt per call, in a loop: what batching alone adds;
 - `llamacpp slots=P`: xllamacpp on the GGUF, P parallel slots fed by P threads;
 - `llamacpp sequential`: xllamacpp, one slot, one prompt at a time.
 
 For each: output tokens/s, questions/s, token F1 against the section's opening paragraph
 (`rag_spark.evaluate.answers.token_f1`; the reference is the opening of the very context given, so this measures
 answering briefly from the context), and a fingerprint of the prompt token ids so the modes provably saw the same
-input. Ratios are against `vllm naive` of the first model.
+input. Ratios are against `transformers loop` of the first model (column `x loop`) and against `vllm naive`
+(column `x vllm1`).
 
     .venv/bin/python benchmarks/generate.py --questions 32 --threads 1
     .venv/bin/python benchmarks/generate.py --questions 64 --models packaged:SmolLM2-135M-Instruct --slots 8
@@ -30,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +52,7 @@ QWEN = "packaged:Qwen2.5-Coder-0.5B-Instruct"
 
 def _generator(backend: str, model: str, threads: int, slots: int, max_tokens: int) -> Any:
     cfg = GenerateConfig(
-        backend=backend,  # type: ignore[arg-type]
+        backend="vllm" if backend == "transformers" else backend,  # type: ignore[arg-type]
         model=model,
         models_dir=str(ROOT / "models"),
         cpu_threads=threads,
@@ -61,9 +66,52 @@ def _generator(backend: str, model: str, threads: int, slots: int, max_tokens: i
         from rag_spark.generate.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(cfg)
+    if backend == "transformers":
+        return TransformersLoop(cfg)
     from rag_spark.generate.llamacpp_backend import LlamaCppGenerator
 
     return LlamaCppGenerator(cfg)
+
+
+class TransformersLoop:
+    """The naive baseline: transformers' `generate`, greedy, one prompt per call, on the folder vLLM loads."""
+
+    def __init__(self, cfg: GenerateConfig) -> None:
+        from rag_spark.generate.vllm_backend import VLLMGenerator
+
+        self.cfg = cfg
+        self._folder = VLLMGenerator(cfg)  # resolves the packaged model to the same folder, same tokenizer
+        self.model_id = self._folder.model_id
+        self.tokenizer = self._folder.tokenizer
+        self._model: Any = None
+
+    def setup(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self.cfg.cpu_threads:
+            torch.set_num_threads(self.cfg.cpu_threads)
+        dtype = getattr(torch, self.cfg.dtype) if self.cfg.dtype != "auto" else "auto"
+        self._model = AutoModelForCausalLM.from_pretrained(str(self._folder.resolved.path), dtype=dtype).eval()
+
+    def generate(self, prompts: list[str]) -> list[Any]:
+        import torch
+
+        out = []
+        for prompt in prompts:  # one at a time: that is the point of this baseline
+            ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            with torch.inference_mode():
+                seq = self._model.generate(**ids, max_new_tokens=self.cfg.max_tokens, do_sample=False)
+            new = seq[0, ids["input_ids"].shape[1] :]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            eos = self._model.generation_config.eos_token_id
+            eos_ids = set(eos if isinstance(eos, list) else [eos])
+            tokens_out = sum(1 for t in new.tolist() if t not in eos_ids)
+            out.append(types.SimpleNamespace(text=text.strip(), tokens_out=tokens_out))
+        return out
+
+    def close(self) -> None:
+        self._model = None
 
 
 def _score(label: str, gens: list[Any], seconds: float, questions: list[dict[str, str]]) -> dict[str, Any]:
@@ -113,7 +161,7 @@ def run_engine(job: dict[str, Any], questions: list[dict[str, str]]) -> dict[str
         gen.setup()
         info["init_s"] = time.perf_counter() - started
         gen.generate(prompts[:1])  # warm-up, not timed
-        gens, seconds = _timed(gen, prompts, one_at_a_time=(backend == "llamacpp" and slots == 1))
+        gens, seconds = _timed(gen, prompts, one_at_a_time=(backend != "vllm" and slots == 1))
         results.append(_score(name, gens, seconds, questions) | info)
         if backend == "vllm" and any(m[0].endswith("naive") for m in job["modes"]):
             gens, seconds = _timed(gen, prompts, one_at_a_time=True)
@@ -143,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"threads": args.threads, "max_tokens": args.max_tokens}
     first, *others = args.models
     jobs = [
+        {"backend": "transformers", "model": first, "modes": [["transformers loop", 1]]},
         {"backend": "vllm", "model": first, "modes": [["vllm batched", 0], ["vllm naive", 0]]},
         {"backend": "llamacpp", "model": first,
          "modes": [[f"llamacpp slots={args.slots}", args.slots], ["llamacpp sequential", 1]]},
@@ -167,20 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results},
                                    ensure_ascii=False, indent=1, default=str), encoding="utf-8")  # fmt: skip
-    base = next(r for r in results if r["mode"] == "vllm naive")
+    base = next(r for r in results if r["mode"] == "transformers loop")
+    engine1 = next(r for r in results if r["mode"] == "vllm naive")
     lines = [
         f"{len(questions)} French Debian FAQ questions, gold section as context, max_tokens {args.max_tokens}, "
         f"{args.threads} CPU thread(s) per engine, temperature 0",
         f"{'model':<40} {'mode':<20} {'init s':>6} {'s':>6} {'out tok':>7} {'tok/s':>7} {'q/s':>6} "
-        f"{'tok/s x':>7} {'q/s x':>6} {'F1':>6} {'IDK':>5} prompts",
+        f"{'x loop':>6} {'x vllm1':>7} {'F1':>6} {'IDK':>5} prompts",
     ]
     for r in results:
         lines.append(
             f"{r['model_id']:<40} {r['mode']:<20} {r['init_s']:>6.1f} {r['seconds']:>6.1f} {r['tokens_out']:>7d} "
-            f"{r['out_tok_s']:>7.1f} {r['q_s']:>6.2f} {r['out_tok_s'] / base['out_tok_s']:>7.2f} "
-            f"{r['q_s'] / base['q_s']:>6.2f} {r['f1']:>6.3f} {r['idk']:>5.2f} {r['prompts']}"
+            f"{r['out_tok_s']:>7.1f} {r['q_s']:>6.2f} {r['q_s'] / base['q_s']:>6.2f} "
+            f"{r['q_s'] / engine1['q_s']:>7.2f} {r['f1']:>6.3f} {r['idk']:>5.2f} {r['prompts']}"
         )
-    lines.append(f"ratios (x) are against '{base['mode']}' of {base['model_id']} measured in this run")
+    lines.append(
+        f"x loop / x vllm1: questions/s against '{base['mode']}' / '{engine1['mode']}' of {base['model_id']}, "
+        "measured in this run"
+    )
     lines.append(f"details: {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -60,6 +60,20 @@ def ingest_run(spark):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def tiny_chunked(spark, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """ingest -> clean -> chunk of the tiny dataset with configs/tiny.yaml, once per session. Tests that start
+    further down the pipeline copy its `lake/` folder into their own `out` (stage hashes do not include `out`);
+    nothing may write into this one."""
+    from rag_spark.config import load_config
+    from rag_spark.pipeline import Pipeline
+
+    out = tmp_path_factory.mktemp("tiny-chunked")
+    cfg = load_config(TINY.parents[2] / "configs" / "tiny.yaml").with_overrides(dataset=str(TINY), out=str(out))
+    Pipeline(cfg, spark=spark).run(["ingest", "clean", "chunk"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     import ray
 

@@ -114,13 +114,10 @@ def table_rows(lake: Lake, table: S.Table, drop: tuple[str, ...] = ("run_id",)) 
 
 
 @pytest.fixture(scope="module")
-def local_base(spark, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+def local_base(tiny_chunked: Path) -> Path:
     """ingest -> clean -> chunk of the tiny dataset in local mode (the session SparkSession): the reference for
     the Spark cluster run and the input (copied) of the Ray jobs."""
-    out = tmp_path_factory.mktemp("local-base")
-    cfg = load_config(ROOT / "configs" / "tiny.yaml").with_overrides(dataset=str(TINY), out=str(out))
-    Pipeline(cfg, spark=spark).run(["ingest", "clean", "chunk"])
-    return out
+    return tiny_chunked
 
 
 # -- Spark standalone --------------------------------------------------------------------------------------------
