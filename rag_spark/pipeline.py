@@ -697,7 +697,7 @@ class Pipeline:
         if baseline:
             variants.append((self.cfg.baseline_hash, None))
         counts = self._answer(res, queries, variants)
-        res.info = {"to_answer": counts[h]}
+        res.info["to_answer"] = counts[h]
         if baseline:
             res.info["baseline_to_answer"] = counts[self.cfg.baseline_hash]
         if "answers" not in res.outputs and self.lake.exists(S.ANSWERS):
@@ -708,47 +708,77 @@ class Pipeline:
     def _answer(
         self, res: StageResult, queries: DataFrame, variants: list[tuple[str, DataFrame | None]]
     ) -> dict[str, int]:
-        """Answers the questions that have no answer yet under each variant's config hash, all in one pass of the
-        actor pool (one engine load for the answers and the no-retrieval baseline); returns how many it answered
+        """Answers the questions that have no current answer under each variant's config hash, all in one pass of
+        the actor pool (one engine load for the answers and the no-retrieval baseline); returns how many it answered
         per config hash.
 
+        An answer is current when it was given the context the question has now: its `context_hash` equals the
+        `prompts.context_fingerprint` of today's context (chunk ids and texts). After a document changes, or the
+        retrieval does, the questions whose context changed are answered again (MERGE replaces their rows); the
+        others are kept. Rows without a context_hash (lakes written before it existed) are answered again once.
+
         Args:
-            res: The generate stage's result (its `answers` output version is updated).
+            res: The generate stage's result (its `answers` output version is updated; `info["context_changed"]`
+                counts the re-answered questions).
             queries: query_id, text.
             variants: (config hash the answers are stored under, ctx) pairs; ctx holds query_id, ctx (sorted
                 structs of rank, chunk_id, context_text), or is None to answer without context
                 (`generate.no_retrieval`, the baseline).
         """
+        from rag_spark.generate.prompts import context_fingerprint
+
+        @F.pandas_udf("string")  # type: ignore[call-overload]
+        def fingerprint(ids: pd.Series, texts: pd.Series) -> pd.Series:
+            return pd.Series([context_fingerprint(list(i), list(t)) for i, t in zip(ids, texts, strict=True)])
+
         empty = F.array().cast("array<string>")
         todo: DataFrame | None = None
         for h, ctx in variants:
-            answered = self.lake.read(S.ANSWERS).where(F.col("config_hash") == h).select("query_id")
-            part = queries.join(answered, "query_id", "left_anti")
+            stored = (
+                self.lake.read(S.ANSWERS)
+                .where(F.col("config_hash") == h)
+                .select("query_id", F.col("context_hash").alias("_stored"))
+            )
+            part = queries
             ids = texts = empty
             if ctx is not None:
                 part = part.join(ctx, "query_id", "left")
                 ids, texts = F.coalesce(F.col("ctx.chunk_id"), empty), F.coalesce(F.col("ctx.context_text"), empty)
-            part = part.select(
-                "query_id",
-                F.col("text").alias("question"),
-                ids.alias("context_chunk_ids"),
-                texts.alias("context_texts"),
-                F.lit(ctx is None).alias("no_retrieval"),
-                F.lit(h).alias("config_hash"),
+            part = (
+                part.select(
+                    "query_id",
+                    F.col("text").alias("question"),
+                    ids.alias("context_chunk_ids"),
+                    texts.alias("context_texts"),
+                    F.lit(ctx is None).alias("no_retrieval"),
+                    F.lit(h).alias("config_hash"),
+                )
+                .withColumn("_fp", fingerprint("context_chunk_ids", "context_texts"))
+                .join(stored, "query_id", "left")
+                .where(F.col("_stored").isNull() | (F.col("_stored") != F.col("_fp")))
+                .withColumn("_changed", F.col("_stored").isNotNull())
+                .drop("_stored", "_fp")
             )
             todo = part if todo is None else todo.unionByName(part)
         assert todo is not None
         counts = {h: 0 for h, _ in variants}
-        counts |= {r["config_hash"]: int(r["count"]) for r in todo.groupBy("config_hash").count().collect()}
+        changed = 0
+        for r in todo.groupBy("config_hash", "_changed").count().collect():
+            counts[r["config_hash"]] += int(r["count"])
+            changed += int(r["count"]) if r["_changed"] else 0
+        res.info["context_changed"] = changed
+        if changed:
+            log.info("generate: %d questions are answered again: their context changed", changed)
         if not any(counts.values()):
             return counts
+        todo = todo.drop("_changed")
         from rag_spark.raycluster import generate_with_ray
 
         with self._staged(todo, "generate") as (staged_in, staged_out):
             generate_with_ray(staged_in, staged_out, self.cfg)
             # config_hash came through the actors with each row (AnswerBatch passes extra columns on).
             new = self.lake.read_staging(staged_out).withColumn("run_id", F.lit(self.run_id))
-            # Resumable: earlier answers of each config stay; only new questions are added.
+            # Resumable: current answers of each config stay; new questions are added, stale ones replaced.
             res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
         return counts
 

@@ -213,6 +213,8 @@ ANSWERS = Table(
         ("tokens_out", IntegerType(), False),
         ("latency_ms", DoubleType(), False),
         ("run_id", StringType(), False),
+        # prompts.context_fingerprint of the context given; null in lakes written before it existed.
+        ("context_hash", StringType(), True),
     ),
     ("config_hash", "query_id"),
 )

@@ -19,7 +19,14 @@ from rag_spark.generate.models import (
     PackagedGGUF,
     resolve_model,
 )
-from rag_spark.generate.prompts import NO_ANSWER, build_prompt, count_tokens, is_no_answer, parse_citations
+from rag_spark.generate.prompts import (
+    NO_ANSWER,
+    build_prompt,
+    context_fingerprint,
+    count_tokens,
+    is_no_answer,
+    parse_citations,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = Path(os.environ.get("RAG_SPARK_MODELS_DIR", ROOT / "models"))
@@ -96,6 +103,17 @@ def test_prompt_without_context(tokenizer) -> None:  # type: ignore[no-untyped-d
     build = build_prompt("Qu'est-ce que Debian ?", [], tokenizer, GenerateConfig())
     assert build.included_ids == () and build.context_tokens == 0
     assert "(aucun extrait)" in build.prompt
+
+
+def test_context_fingerprint() -> None:
+    """Same ids and texts in the same order: same fingerprint; an edited text (same chunk id), another order or
+    another chunk: another one."""
+    ids, texts = ["doc#0000", "doc#0001"], ["Debian\nUn système libre.", "Debian\nDes paquets."]
+    fp = context_fingerprint(ids, texts)
+    assert fp == context_fingerprint(tuple(ids), np.array(texts, dtype=object)) and len(fp) == 16
+    assert fp != context_fingerprint(ids, [texts[0], "Debian\nDes paquets .deb."])
+    assert fp != context_fingerprint(ids[::-1], texts[::-1])
+    assert fp != context_fingerprint(ids[:1], texts[:1]) != context_fingerprint([], [])
 
 
 def test_parse_citations() -> None:
@@ -403,6 +421,10 @@ def test_answer_batch_llamacpp_and_empty_context(llamacpp_generator) -> None:  #
     assert out["answer"][1] == NO_ANSWER["fr"] and out["tokens_out"][1] == 0 and out["cited_chunk_ids"][1] == []
     assert out["context_chunk_ids"][1] == [] and out["tokens_in"][1] > 0
     assert set(out["model_id"]) == {llamacpp_generator.model_id} and len(set(out["prompt_hash"])) == 2
+    assert list(out["context_hash"]) == [
+        context_fingerprint(["faq#2"], [FR_CONTEXT[1][1]]),
+        context_fingerprint([], []),
+    ]
     # Switched off, the no-context prompt (which tells the model to say exactly "Je ne sais pas.") goes to the
     # model; SmolLM2-135M does not reliably obey it, so only the call is checked, not the wording.
     cfg = llamacpp_generator.cfg.model_copy(update={"abstain_without_context": False})

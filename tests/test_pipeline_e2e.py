@@ -166,6 +166,29 @@ def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def
     assert p.lake.read(S.ANSWERS).count() == 12  # 6 with retrieval + 6 of the no-retrieval baseline
 
 
+def test_answers_follow_their_context(run, spark) -> None:  # type: ignore[no-untyped-def]
+    """An answer whose stored context fingerprint no longer matches the question's context (as after an edit of a
+    retrieved chunk: same chunk id, new text) is answered again by the generate stage; every other answer is kept."""
+    from delta.tables import DeltaTable
+
+    p, _, _ = run
+    h = p.cfg.stage_hash("generate")
+    before = {r.query_id: r for r in p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()}
+    target = sorted(q for q, r in before.items() if r.context_chunk_ids)[0]
+    assert all(r.context_hash for r in before.values())
+    DeltaTable.forPath(spark, p.lake.path(S.ANSWERS)).update(
+        (F.col("config_hash") == h) & (F.col("query_id") == target), {"context_hash": F.lit("0" * 16)}
+    )
+    again = Pipeline(p.cfg, spark=spark)
+    info = again.run(["generate"])["generate"].info
+    assert info["to_answer"] == 1 and info["context_changed"] == 1 and info["baseline_to_answer"] == 0
+    after = {r.query_id: r for r in p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()}
+    assert set(after) == set(before)
+    assert after[target].run_id == again.run_id and after[target].context_hash == before[target].context_hash
+    assert after[target].prompt_hash == before[target].prompt_hash  # the same context, rebuilt into the same prompt
+    assert all(after[q] == before[q] for q in before if q != target)
+
+
 def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """`qa` on a TSV questions file with llama.cpp, rounds of 2: killed while merging its second round, the rerun
     answers only the rest; a third run answers nothing; the answers table holds each question once."""

@@ -11,6 +11,7 @@ answer back to chunk ids.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,3 +222,11 @@ def is_no_answer(answer: str) -> bool:
     """Whether an answer is the abstention of either template (case and trailing punctuation ignored)."""
     norm = answer.strip().strip(".!").strip().lower().replace("’", "'")
     return norm in {v.strip(".").lower() for v in NO_ANSWER.values()}
+
+
+def context_fingerprint(chunk_ids: Sequence[str], texts: Sequence[str]) -> str:
+    """Fingerprint of the context a question is answered from: its chunk ids and their texts (title + text), in
+    rank order. An answer stored with another fingerprint was given another context (a document changed, or the
+    retrieval did) and is answered again by the generate stage."""
+    payload = json.dumps([list(map(str, chunk_ids)), list(map(str, texts))], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

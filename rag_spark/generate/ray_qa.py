@@ -24,7 +24,7 @@ import numpy as np
 
 from rag_spark.config import GenerateConfig, resolve_backend
 from rag_spark.generate.base import Generation, Generator
-from rag_spark.generate.prompts import NO_ANSWER, build_prompt, parse_citations
+from rag_spark.generate.prompts import NO_ANSWER, build_prompt, context_fingerprint, parse_citations
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ OUTPUT_COLUMNS = (
     "answer",
     "cited_chunk_ids",
     "context_chunk_ids",
+    "context_hash",
     "prompt_hash",
     "model_id",
     "tokens_in",
@@ -88,7 +89,8 @@ class AnswerBatch:
     beyond these (a config hash, ...) are passed on unchanged.
 
     Output columns: `query_id`, `answer`, `cited_chunk_ids` (ids the answer cites as `[n]`),
-    `context_chunk_ids` (ids actually included in the prompt, after the token budget), `prompt_hash`, `model_id`,
+    `context_chunk_ids` (ids actually included in the prompt, after the token budget), `context_hash`
+    (`prompts.context_fingerprint` of the context given, before the budget), `prompt_hash`, `model_id`,
     `tokens_in`, `tokens_out`, `latency_ms` (as the backend measures it, see `Generation`; prompt building is not
     included). A question without context gets the template's "I don't know" with `tokens_out` 0 and no model
     call when `cfg.abstain_without_context` (the default).
@@ -132,7 +134,7 @@ class AnswerBatch:
         tokenizer = generator.tokenizer
         n = len(batch["query_id"])
         flags = [bool(f) for f in batch["no_retrieval"]] if "no_retrieval" in batch else [self.cfg.no_retrieval] * n
-        builds = []
+        builds, fingerprints = [], []
         for question, ids, texts, flag in zip(
             batch["question"], batch["context_chunk_ids"], batch["context_texts"], flags, strict=True
         ):
@@ -140,6 +142,7 @@ class AnswerBatch:
             if len(ids_list) != len(texts_list):
                 raise ValueError(f"context_chunk_ids ({len(ids_list)}) and context_texts ({len(texts_list)}) differ")
             contexts = list(zip(ids_list, texts_list, strict=True))
+            fingerprints.append(context_fingerprint(ids_list, texts_list))
             builds.append(build_prompt(str(question), contexts, tokenizer, self._variants[flag]))
         # Without any context the template's answer is "I don't know": give it without asking the model, which
         # (at 135M-0.5B parameters) tends to answer from memory instead. tokens_out 0 marks these rows.
@@ -163,6 +166,7 @@ class AnswerBatch:
                 [parse_citations(g.text, b.included_ids) for g, b in zip(generations, builds, strict=True)]
             ),
             "context_chunk_ids": _object_column([list(b.included_ids) for b in builds]),
+            "context_hash": np.array(fingerprints, dtype=object),
             "prompt_hash": np.array([b.prompt_hash for b in builds], dtype=object),
             "model_id": np.array([model_id] * len(builds), dtype=object),
             "tokens_in": np.array([g.tokens_in for g in generations], dtype=np.int64),
