@@ -53,13 +53,17 @@ class Lake:
         return int(row["version"]) if row else None
 
     def read(self, table: Table, version: int | None = None) -> DataFrame:
-        """Reads a table (at `version` if given). A missing table reads as empty with its schema."""
+        """Reads a table (at `version` if given). A missing table reads as empty with its schema; a table written
+        by an older release reads with the nullable columns it lacks as nulls (the next merge adds them)."""
         if not self.exists(table):
             return self.spark.createDataFrame([], table.schema)
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        return reader.load(self.path(table))
+        df = reader.load(self.path(table))
+        present = set(df.columns)
+        missing = [f for f in table.schema.fields if f.name not in present and f.nullable]
+        return df.withColumns({f.name: F.lit(None).cast(f.dataType) for f in missing}) if missing else df
 
     def merge(
         self,

@@ -63,6 +63,8 @@ def test_a_table_from_an_older_schema_gains_new_nullable_columns_on_merge(spark,
     old = replace(S.QUERIES, schema=StructType(S.QUERIES.schema.fields[:2]))
     new = replace(S.QUERIES, schema=StructType([*old.schema.fields, StructField("lang", StringType(), True)]))
     lake.merge(old, spark.createDataFrame([("q1", "a"), ("q2", "b")], old.schema), meta={})
+    before = lake.read(new)  # read with today's schema before any merge: the new column is there, null
+    assert before.columns == new.schema.fieldNames() and [r.lang for r in before.collect()] == [None, None]
     v = lake.merge(new, spark.createDataFrame([("q2", "b", "fr")], new.schema), meta={"run_id": "r2"})
     got = {r.query_id: r.lang for r in lake.read(new, version=v).collect()}
     assert got == {"q1": None, "q2": "fr"}  # old rows read as null, merged rows carry the value

@@ -168,25 +168,27 @@ def test_rerun_is_idempotent(run, spark) -> None:  # type: ignore[no-untyped-def
 
 def test_answers_follow_their_context(run, spark) -> None:  # type: ignore[no-untyped-def]
     """An answer whose stored context fingerprint no longer matches the question's context (as after an edit of a
-    retrieved chunk: same chunk id, new text) is answered again by the generate stage; every other answer is kept."""
+    retrieved chunk: same chunk id, new text) is answered again by the generate stage, and so is one without a
+    fingerprint (written before the column existed); every other answer is kept."""
     from delta.tables import DeltaTable
 
     p, _, _ = run
     h = p.cfg.stage_hash("generate")
     before = {r.query_id: r for r in p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()}
-    target = sorted(q for q, r in before.items() if r.context_chunk_ids)[0]
+    stale, legacy = sorted(q for q, r in before.items() if r.context_chunk_ids)[:2]
     assert all(r.context_hash for r in before.values())
-    DeltaTable.forPath(spark, p.lake.path(S.ANSWERS)).update(
-        (F.col("config_hash") == h) & (F.col("query_id") == target), {"context_hash": F.lit("0" * 16)}
-    )
+    answers = DeltaTable.forPath(spark, p.lake.path(S.ANSWERS))
+    for qid, value in ((stale, F.lit("0" * 16)), (legacy, F.lit(None).cast("string"))):
+        answers.update((F.col("config_hash") == h) & (F.col("query_id") == qid), {"context_hash": value})
     again = Pipeline(p.cfg, spark=spark)
     info = again.run(["generate"])["generate"].info
-    assert info["to_answer"] == 1 and info["context_changed"] == 1 and info["baseline_to_answer"] == 0
+    assert info["to_answer"] == 2 and info["context_changed"] == 1 and info["baseline_to_answer"] == 0
     after = {r.query_id: r for r in p.lake.read(S.ANSWERS).where(F.col("config_hash") == h).collect()}
     assert set(after) == set(before)
-    assert after[target].run_id == again.run_id and after[target].context_hash == before[target].context_hash
-    assert after[target].prompt_hash == before[target].prompt_hash  # the same context, rebuilt into the same prompt
-    assert all(after[q] == before[q] for q in before if q != target)
+    for qid in (stale, legacy):
+        assert after[qid].run_id == again.run_id and after[qid].context_hash == before[qid].context_hash
+        assert after[qid].prompt_hash == before[qid].prompt_hash  # the same context, rebuilt into the same prompt
+    assert all(after[q] == before[q] for q in before if q not in (stale, legacy))
 
 
 def test_batch_qa_resumes_after_a_kill(run, spark, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
