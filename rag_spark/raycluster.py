@@ -6,6 +6,7 @@ Spark, read and written by Ray workers in parallel), so neither side collects a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -69,9 +70,14 @@ def map_with_actor_pool(
     gpus_per_actor: float,
     batch_size: int,
     rows_per_block: int,
+    column_types: dict[str, Any] | None = None,
 ) -> None:
     """Runs callable class `fn` over a staged parquet folder with a pool of `actors` actors (each builds `fn`
-    once), and writes the outputs as parquet to `staged_out`."""
+    once), and writes the outputs as parquet to `staged_out`.
+
+    `column_types` (column name -> pyarrow type) fixes the type of output columns Ray infers per batch: a batch
+    whose lists are all empty is otherwise written as `list<null>`, and Spark cannot read a folder whose files
+    disagree (`PARQUET_COLUMN_DATA_TYPE_MISMATCH`)."""
     import ray
 
     _quiet_progress()
@@ -89,7 +95,18 @@ def map_with_actor_pool(
         # node lost, SIGKILL) and retries its batch on the new one (max_restarts=-1, max_task_retries=-1), so every
         # row comes out exactly once (tests/test_faults.py); passing them through ray_remote_args is deprecated.
     )
+    if column_types:
+        cast = functools.partial(cast_columns, types=column_types)
+        ds = ds.map_batches(cast, batch_format="pyarrow", batch_size=None)
     ds.write_parquet(arrow_location(staged_out))
+
+
+def cast_columns(table: Any, types: dict[str, Any]) -> Any:
+    """`table` (pyarrow) with each column named in `types` cast to that type (columns it lacks are left out)."""
+    for name, typ in types.items():
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(typ))
+    return table
 
 
 def embed_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig, run_id: str) -> None:
@@ -283,10 +300,13 @@ def _build_shard_task(trained: bytes, shard_dir: str, out_file: str) -> Any:
 
 def generate_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig) -> None:
     """Answers the staged questions with an actor pool of LLM engines and writes parquet to `staged_out`."""
+    import pyarrow as pa
+
     from rag_spark.generate.ray_qa import AnswerBatch
 
     init_ray(cfg.ray)
     g = cfg.generate
+    ids = pa.list_(pa.string())
     map_with_actor_pool(
         staged_in,
         staged_out,
@@ -297,6 +317,8 @@ def generate_with_ray(staged_in: str, staged_out: str, cfg: PipelineConfig) -> N
         gpus_per_actor=g.gpus_per_actor,
         batch_size=g.batch_size,
         rows_per_block=g.batch_size,
+        # A batch where no answer cites a chunk (the no-retrieval baseline never does) has all-empty lists.
+        column_types={"cited_chunk_ids": ids, "context_chunk_ids": ids},
     )
 
 

@@ -137,3 +137,37 @@ def test_killed_actor_still_embeds_every_chunk_exactly_once(tmp_path: Path, ray_
     assert marker.exists(), "the fault was injected"
     out = pq.read_table(tmp_path / "out")
     assert sorted(out.column("chunk_id").to_pylist()) == sorted(rows["chunk_id"])  # all, each once
+
+
+class _Cites:
+    """Plumbing only: rows of even blocks cite nothing (all-empty lists), the others cite their query id."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cites = np.empty(len(batch["query_id"]), dtype=object)
+        for i, q in enumerate(batch["query_id"]):
+            cites[i] = [] if int(q[1:]) // 4 % 2 == 0 else [str(q)]
+        return {"query_id": batch["query_id"], "cited_chunk_ids": cites}
+
+
+def test_staged_output_has_one_schema_when_some_batches_have_only_empty_lists(tmp_path: Path, spark, ray_local) -> None:  # type: ignore[no-untyped-def]
+    """Ray infers `list<null>` for a batch whose lists are all empty; with `column_types` every output file has
+    `list<string>`, so Spark reads the folder (without it: PARQUET_COLUMN_DATA_TYPE_MISMATCH, as the demo's
+    answers + no-retrieval baseline pass hit)."""
+    import ray.cloudpickle
+
+    from rag_spark.raycluster import map_with_actor_pool
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    staged_in = tmp_path / "in"
+    staged_in.mkdir()
+    pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(16)]}), staged_in / "part-0.parquet")
+    out = tmp_path / "out"
+    map_with_actor_pool(
+        str(staged_in), str(out), _Cites, {}, actors=1, cpus_per_actor=0.5, gpus_per_actor=0, batch_size=4,
+        rows_per_block=4, column_types={"cited_chunk_ids": pa.list_(pa.string())},
+    )  # fmt: skip
+    types = {pq.read_schema(f).field("cited_chunk_ids").type.value_type for f in out.glob("*.parquet")}
+    assert types == {pa.string()}
+    rows = spark.read.parquet(str(out)).collect()
+    got = {r.query_id: list(r.cited_chunk_ids) for r in rows}
+    assert got == {f"q{i}": ([] if i // 4 % 2 == 0 else [f"q{i}"]) for i in range(16)}
