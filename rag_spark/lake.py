@@ -61,8 +61,7 @@ class Lake:
         if version is not None:
             reader = reader.option("versionAsOf", version)
         df = reader.load(self.path(table))
-        present = set(df.columns)
-        missing = [f for f in table.schema.fields if f.name not in present and f.nullable]
+        missing = [f for f in _absent_fields(table, df.columns) if f.nullable]
         return df.withColumns({f.name: F.lit(None).cast(f.dataType) for f in missing}) if missing else df
 
     def merge(
@@ -115,8 +114,7 @@ class Lake:
         written by an older release) are added in one metadata-only commit before the merge. A missing column
         that is not nullable cannot be filled for old rows and is an error naming it."""
         path = self.path(table)
-        present = {f.name for f in self.spark.read.format("delta").load(path).schema.fields}
-        missing = [f for f in table.schema.fields if f.name not in present]
+        missing = _absent_fields(table, self.spark.read.format("delta").load(path).columns)
         if not missing:
             return
         required = [f.name for f in missing if not f.nullable]
@@ -227,3 +225,9 @@ class Lake:
         fs = hpath.getFileSystem(self.spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
         if fs.exists(hpath) and not fs.delete(hpath, True):
             log.warning("could not delete staging folder %s", path)
+
+
+def _absent_fields(table: Table, columns: list[str]) -> list[Any]:
+    """The fields `table` declares that a stored table with these columns lacks (written by an older release)."""
+    present = set(columns)
+    return [f for f in table.schema.fields if f.name not in present]
