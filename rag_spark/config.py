@@ -729,6 +729,12 @@ class TrainConfig(_Section):
     """Chunks sampled (seeded) for which the LLM writes a question; 0 = none."""
     synthetic_model: str = PACKAGED_QWEN
     synthetic_max_tokens: int = Field(48, ge=8)
+    synthetic_from: Literal["all", "gold_collections"] = "all"
+    """Which chunks the synthetic questions are written for. `all`: a uniform sample of every chunk.
+    `gold_collections`: only documents of the collections (a doc_id's folder: `faq/apt.html` is in `faq`, `wiki/12`
+    in `wiki`) that hold the gold document of a train-split question, the part of the corpus users ask about; every
+    chunk when no train question has a gold document or the ids have no folders. On the demo it trained a worse model
+    than `all` (README "Retrieval"): the generator's questions about FAQ sections repeat their chapter title."""
     exclude_heldout_docs: bool = True
     """Never write synthetic questions on documents that are gold for held-out questions."""
     hard_negatives: int = Field(1, ge=0, le=16)

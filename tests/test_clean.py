@@ -42,6 +42,28 @@ def test_clean_documents_quarantines_short(spark) -> None:  # type: ignore[no-un
     assert [(r.record_id, r.reason, r.stage) for r in bad.collect()] == [("b", "too short after cleaning", "clean")]
 
 
+def test_html_title_becomes_the_document_title_unless_the_source_gave_one(spark) -> None:  # type: ignore[no-untyped-def]
+    page = (
+        "<html><head><title>  Outils de gestion\n des paquets &amp; d&#x27;APT </title></head>"
+        "<body><p>APT est une interface avancée pour le système de gestion des paquets.</p></body></html>"
+    )
+    bronze = spark.createDataFrame(
+        [
+            Row(doc_id="html", source_uri="u/1", format="html", title=None, raw_text=page),
+            Row(doc_id="blank", source_uri="u/2", format="html", title="  ", raw_text=page),
+            Row(doc_id="given", source_uri="u/3", format="html", title=" Titre donné ", raw_text=page),
+            Row(doc_id="notitle", source_uri="u/4", format="html", title=None, raw_text=page.replace("title", "x")),
+            Row(doc_id="txt", source_uri="u/5", format="txt", title=None, raw_text="<title>pas du HTML</title> texte"),
+        ]
+    )
+    kept, bad = clean_documents(bronze, CleanConfig(min_chars=5, min_words=1), "r1")
+    assert bad.count() == 0
+    titles = {r.doc_id: r.title for r in kept.collect()}
+    chapter = "Outils de gestion des paquets & d'APT"
+    assert titles == {"html": chapter, "blank": chapter, "given": "Titre donné", "notitle": None, "txt": None}
+    assert all("Outils de gestion" not in r.text for r in kept.collect() if r.doc_id in ("html", "given"))
+
+
 def test_dedup_exact_keeps_smallest_id(spark) -> None:  # type: ignore[no-untyped-def]
     df = spark.createDataFrame([("b", "h1"), ("a", "h1"), ("c", "h2"), ("d", "h1")], "doc_id string, text_hash string")
     kept, dups = dedup_exact(df, "r1")

@@ -205,3 +205,28 @@ def test_evaluation_scope_never_scores_training_questions(tmp_path) -> None:  # 
     assert ids == set(split[HELDOUT]) and info["split"] == HELDOUT and "fine-tuned" in info["reason"]
     with pytest.raises(ValueError, match="trained on those questions"):
         evaluation_scope(load_config_dict({**ft.model_dump(mode="json"), "evaluate": {"split": "train"}}), qids)
+
+
+def test_synthetic_pool_follows_the_collections_users_ask_about() -> None:
+    import pandas as pd
+
+    from rag_spark.config import TrainConfig
+    from rag_spark.retrieve.train import collection_of, synthetic_pool
+
+    assert (collection_of("faq/apt.html"), collection_of("docs/fr/a.md"), collection_of("12")) == ("faq", "docs/fr", "")
+    docs = ["faq/a.html", "faq/b.html", "faq/c.html", "wiki/1", "wiki/2", "manual/x.md"]
+    chunks = pd.DataFrame({"chunk_id": [f"{d}#0" for d in reversed(docs)], "doc_id": list(reversed(docs))})
+    # Gold of a train question in faq/ only; faq/c.html is gold for a held-out question.
+    gold = TrainConfig(synthetic_from="gold_collections")
+    pool = synthetic_pool(chunks, {"faq/a.html"}, {"faq/c.html"}, gold)
+    assert list(pool["doc_id"]) == ["faq/a.html", "faq/b.html"]  # sorted, haystack and held-out gold left out
+    everything = synthetic_pool(chunks, {"faq/a.html"}, {"faq/c.html"}, TrainConfig())  # default: all
+    assert sorted(everything["doc_id"]) == sorted(set(docs) - {"faq/c.html"})
+    with_heldout = synthetic_pool(
+        chunks, {"faq/a.html"}, {"faq/c.html"}, gold.model_copy(update={"exclude_heldout_docs": False})
+    )
+    assert list(with_heldout["doc_id"]) == ["faq/a.html", "faq/b.html", "faq/c.html"]
+    # No train question with a gold document, or ids without folders: every chunk.
+    assert len(synthetic_pool(chunks, set(), set(), gold)) == len(docs)
+    flat = pd.DataFrame({"chunk_id": ["1#0", "2#0", "3#0"], "doc_id": ["1", "2", "3"]})
+    assert list(synthetic_pool(flat, {"1"}, {"3"}, gold)["doc_id"]) == ["1", "2"]

@@ -23,6 +23,7 @@ _CLEANED = StructType(
         StructField("hyphenations", IntegerType()),
         StructField("emails", IntegerType()),
         StructField("phones", IntegerType()),
+        StructField("html_title", StringType()),
     ]
 )
 # Quarantine reasons of the quality filters, in the order they are checked.
@@ -39,7 +40,7 @@ def _clean_udf(cfg: CleanConfig):  # type: ignore[no-untyped-def]
     @F.pandas_udf(_CLEANED)  # type: ignore[call-overload]
     def clean(raw: pd.Series, fmt: pd.Series) -> pd.DataFrame:
         out = [clean_with_rules(r, f, form, fix, hyph, pii) for r, f in zip(raw, fmt, strict=True)]
-        return pd.DataFrame(out, columns=["text", "hyphenations", "emails", "phones"])
+        return pd.DataFrame(out, columns=["text", "hyphenations", "emails", "phones", "html_title"])
 
     return clean
 
@@ -93,13 +94,20 @@ def clean_documents(bronze: DataFrame, cfg: CleanConfig, run_id: str) -> tuple[D
         (cleaned, quarantine): cleaned has doc_id, source_uri, format, title, text, text_hash, n_chars and the
         per-document rule counters hyphenations, emails, phones, boilerplate_lines, and language, language_prob.
     """
-    cleaned = bronze.select(
-        "doc_id",
-        "source_uri",
-        "format",
-        F.when(F.col("title").isNotNull(), F.trim("title")).alias("title"),
-        _clean_udf(cfg)(F.col("raw_text"), F.col("format")).alias("r"),
-    ).select("doc_id", "source_uri", "format", "title", "r.*")
+    # The title: the source's own (a record's title field, a PDF's metadata), else the one the document carries
+    # (an HTML page's <title>); blank counts as none.
+    given = F.when(F.trim("title") != "", F.trim("title"))
+    cleaned = (
+        bronze.select(
+            "doc_id",
+            "source_uri",
+            "format",
+            given.alias("_given_title"),
+            _clean_udf(cfg)(F.col("raw_text"), F.col("format")).alias("r"),
+        )
+        .select("doc_id", "source_uri", "format", F.coalesce("_given_title", "r.html_title").alias("title"), "r.*")
+        .drop("html_title")
+    )
     if cfg.boilerplate_min_docs:
         cleaned = remove_boilerplate(cleaned, cfg.boilerplate_min_docs)
     else:

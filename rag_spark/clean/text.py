@@ -19,23 +19,31 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 
 
-def html_to_text(html: str) -> str:
-    """Main text of an HTML page.
+def html_document(html: str) -> tuple[str, str | None]:
+    """Main text and title of an HTML page, from one parse.
 
     Scripts, styles, navigation, headers, footers and forms are removed first (BeautifulSoup); trafilatura
     then extracts the main content. On small fragments trafilatura can return nothing or only a part, so
-    the pruned page's block-aware text is kept when it is clearly fuller.
+    the pruned page's block-aware text is kept when it is clearly fuller. The title is the page's
+    `<title>` (whitespace-collapsed), or None when it is missing or blank: pages split from a larger document
+    (a chapter's sections, a manual's pages) often carry the chapter or book name there and nowhere in the body.
     """
     soup = BeautifulSoup(html, "lxml")
+    title_tag = soup.find("title")
+    title = " ".join(title_tag.get_text(" ").split()) if title_tag is not None else ""
     for tag in soup(_DROP_TAGS):
         tag.decompose()
     plain = soup.get_text("\n")
     extracted = trafilatura.extract(
         str(soup), favor_recall=True, include_comments=False, include_tables=True, deduplicate=False
     )
-    if extracted and len(extracted) >= 0.6 * len(plain.strip()):
-        return str(extracted)
-    return plain
+    text = str(extracted) if extracted and len(extracted) >= 0.6 * len(plain.strip()) else plain
+    return text, title or None
+
+
+def html_to_text(html: str) -> str:
+    """Main text of an HTML page (see `html_document`)."""
+    return html_document(html)[0]
 
 
 def _normalize_once(text: str, unicode_form: UnicodeForm, fix_mojibake: bool) -> tuple[str, bool]:
@@ -121,9 +129,15 @@ def clean_with_rules(
     fix_mojibake: bool = True,
     join_hyphenation: bool = True,
     pii: bool = False,
-) -> tuple[str, int, int, int]:
-    """`clean_document` plus the optional rules; returns (text, hyphenations joined, emails, phones masked)."""
-    text = html_to_text(raw) if fmt == "html" else raw
+) -> tuple[str, int, int, int, str | None]:
+    """`clean_document` plus the optional rules; returns (text, hyphenations joined, emails, phones masked, title
+    found in the document itself: an HTML page's `<title>`, normalized like the text; None for other formats)."""
+    title: str | None = None
+    if fmt == "html":
+        text, title = html_document(raw)
+        title = normalize_text(title, unicode_form, fix_mojibake) or None if title else None
+    else:
+        text = raw
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     joins = emails = phones = 0
     if join_hyphenation:
@@ -131,7 +145,7 @@ def clean_with_rules(
     text = normalize_text(text, unicode_form, fix_mojibake)
     if pii:
         text, emails, phones = mask_pii(text)
-    return text, joins, emails, phones
+    return text, joins, emails, phones, title
 
 
 @lru_cache(maxsize=1)

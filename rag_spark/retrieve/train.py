@@ -4,8 +4,10 @@ Training data, all stored in the lake so it can be inspected:
 - pairs from the **train split** of the user's questions (rag_spark.retrieve.splits): the question, and as positive
   the chunk of its gold document that the base model ranks first;
 - synthetic pairs: for a seeded sample of chunks the LLM writes a question the chunk answers
-  (`synthetic_questions`, reused on a rerun with the same model and seed). With `exclude_heldout_docs`, no chunk of a
-  document that is gold for a held-out question is sampled, so the held-out evaluation stays clean;
+  (`synthetic_questions`, reused on a rerun with the same model and seed), drawn from every chunk or only from the
+  collections that hold the train questions' gold documents (`synthetic_from`). With
+  `exclude_heldout_docs`, no chunk of a document that is gold for a held-out question is sampled, so the held-out
+  evaluation stays clean;
 - hard negatives for every pair, mined from the published index of `embed.model` (the current index): the best
   ranked chunks outside the pair's gold documents, after skipping the first `negatives_skip` ranks.
 The triples are written to `training_pairs` under the model's name.
@@ -84,6 +86,34 @@ def _clean_question(text: str) -> str | None:
         line = line.removeprefix(prefix).strip()
     line = line.strip(" \"'«»").strip()
     return line if 8 <= len(line) <= 300 else None
+
+
+def collection_of(doc_id: str) -> str:
+    """The collection a document belongs to: its id's folder (`faq/apt.html` -> `faq`; `12` -> ``)."""
+    return doc_id.rpartition("/")[0]
+
+
+def synthetic_pool(
+    chunks: pd.DataFrame, train_docs: set[str], heldout_docs: set[str], cfg: TrainConfig
+) -> pd.DataFrame:
+    """The chunks synthetic questions may be written for (see `TrainConfig.synthetic_from`), sorted by chunk_id.
+
+    With `exclude_heldout_docs`, chunks of documents that are gold for a held-out question are never in it.
+    """
+    pool = chunks[~chunks["doc_id"].isin(heldout_docs)] if cfg.exclude_heldout_docs else chunks
+    if cfg.synthetic_from == "gold_collections":
+        wanted = {collection_of(d) for d in train_docs}
+        in_wanted = pool["doc_id"].map(collection_of).isin(wanted)
+        if wanted and in_wanted.any():
+            log.info(
+                "train: synthetic questions from the collections of the train questions' gold documents %s: "
+                "%d of %d chunks",
+                sorted(wanted),
+                int(in_wanted.sum()),
+                len(pool),
+            )
+            pool = pool[in_wanted]
+    return pool.sort_values("chunk_id")
 
 
 def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
@@ -227,8 +257,8 @@ def train_retriever(p: Pipeline) -> TrainResult:
     n_qa = len(pairs)
     if cfg.synthetic_questions:
         t = time.perf_counter()
-        pool = chunks[~chunks["doc_id"].isin(heldout_docs)] if cfg.exclude_heldout_docs else chunks
-        pool = pool.sort_values("chunk_id")
+        train_docs = set(qrels[qrels["query_id"].isin(split[TRAIN])]["doc_id"])
+        pool = synthetic_pool(chunks, train_docs, heldout_docs, cfg)
         rng = np.random.default_rng(cfg.seed)
         sample = pool.iloc[rng.choice(len(pool), size=min(cfg.synthetic_questions, len(pool)), replace=False)]
         synth = synthesize_questions(p, sample, cfg)
