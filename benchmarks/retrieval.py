@@ -1,7 +1,7 @@
 """Retrieval quality and latency of every retriever on the held-out questions, with bootstrap 95% intervals.
 
     .venv/bin/python benchmarks/retrieval.py --config configs/demo.yaml \
-        [--finetuned models/retrievers/retriever-XXXX] [--rerank-top-n 10] [--query2doc] \
+        [--finetuned models/retrievers/retriever-XXXX ...] [--rerank-top-n 10] [--query2doc] \
         [--out benchmarks/results/retrieval_demo]
 
 Reads the lake of a finished run (`make demo`), embeds + indexes with each extra encoder through the normal
@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
 from rag_spark import schema as S  # noqa: E402
-from rag_spark.config import PACKAGED_MINILM, PipelineConfig, load_config  # noqa: E402
+from rag_spark.config import PACKAGED_E5_TORCH, PACKAGED_MINILM, PipelineConfig, load_config  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
 from rag_spark.evaluate.run import effective_qrels  # noqa: E402
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
@@ -44,9 +44,15 @@ from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
 from rag_spark.retrieve.dense import collapse_to_documents  # noqa: E402
 from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
 from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
+from rag_spark.retrieve.train import METADATA, training_metadata  # noqa: E402
 
 log = logging.getLogger("bench.retrieval")
 METRICS = ["mrr@10", "recall@1", "recall@5", "recall@10", "ndcg@10"]
+# train.base_model -> (label of its fine-tuned rows, its own dense row, the hybrid row its tuned hybrid is compared to)
+FINE_TUNABLE = {
+    PACKAGED_MINILM: ("MiniLM", "dense MiniLM", "dense MiniLM"),
+    PACKAGED_E5_TORCH: ("e5-small", "dense e5-small (torch export)", "hybrid e5 + bm25 (rrf)"),
+}
 
 
 def variant(base: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
@@ -115,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_demo")
-    ap.add_argument("--finetuned", type=Path, help="a train-retriever model folder (adds fine-tuned rows)")
+    ap.add_argument(
+        "--finetuned",
+        type=Path,
+        action="append",
+        default=[],
+        help="a train-retriever model folder (adds fine-tuned rows and its base model's row); repeatable",
+    )
     ap.add_argument("--rerank-top-n", type=int, default=10, help="0 skips the LLM reranker rows (slow on CPU)")
     ap.add_argument("--only", help="comma-separated variant names to run")
     ap.add_argument("--query2doc", action="store_true", help="add query2doc expansion rows (LLM pseudo-answers)")
@@ -150,10 +162,22 @@ def main(argv: list[str] | None = None) -> int:
         variants["hybrid e5 + bm25 + LLM rerank"] = variant(
             base, retrieve={"retriever": "hybrid", "rerank.method": "llm", "rerank.top_n": args.rerank_top_n}
         )
-    if args.finetuned:
-        ft = {**minilm, "model": str(args.finetuned.resolve())}
-        variants["dense MiniLM fine-tuned"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
-        variants["hybrid MiniLM fine-tuned + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
+    tuned_pairs: list[tuple[str, str]] = []
+    for folder in args.finetuned:
+        meta = training_metadata(folder)
+        if meta is None:
+            raise SystemExit(f"--finetuned {folder}: not a train-retriever model folder (no {folder}/{METADATA})")
+        label, base_row, base_hybrid = FINE_TUNABLE[meta["base_model"]]
+        if base_row not in variants:  # the torch export of e5: its own base row, same engine as the tuned one
+            st = {**minilm, "model": meta["base_model"]}
+            variants[base_row] = variant(base, embed=st, retrieve={"retriever": "dense"})
+        ft = {**minilm, "model": str(folder.resolve())}
+        variants[f"dense {label} fine-tuned"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
+        variants[f"hybrid {label} fine-tuned + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
+        tuned_pairs += [
+            (f"dense {label} fine-tuned", base_row),
+            (f"hybrid {label} fine-tuned + bm25 (rrf)", base_hybrid),
+        ]
     if args.only:
         keep = {s.strip() for s in args.only.split(",")}
         variants = {k: v for k, v in variants.items() if k in keep}
@@ -171,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(results, key=lambda r: r["mrr@10"])
     comparisons = {}
     pairs = [(r["name"], best["name"]) for r in results if r is not best]
-    if "dense MiniLM fine-tuned" in by_name and "dense MiniLM" in by_name:
-        pairs.insert(0, ("dense MiniLM fine-tuned", "dense MiniLM"))
-    if "hybrid MiniLM fine-tuned + bm25 (rrf)" in by_name and "dense MiniLM" in by_name:
-        pairs.insert(1, ("hybrid MiniLM fine-tuned + bm25 (rrf)", "dense MiniLM"))
-    pairs = expanded_pairs + [p for p in pairs if p not in expanded_pairs]
+    tuned_pairs = [(a, b) for a, b in tuned_pairs if a in by_name and b in by_name]
+    pairs = expanded_pairs + tuned_pairs + [p for p in pairs if p not in expanded_pairs and p not in tuned_pairs]
     qids = [q for q, _ in questions]
     for a, b in pairs:
         va = np.array([by_name[a]["per_query"]["mrr@10"].get(q, np.nan) for q in qids])

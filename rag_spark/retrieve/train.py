@@ -241,6 +241,9 @@ def train_retriever(p: Pipeline) -> TrainResult:
     base_path = resolve_encoder(cfg.base_model)
     model = SentenceTransformer(base_path, device=device)
     model.max_seq_length = cfg.max_seq_length
+    # Models that expect prefixes (e5: `query: ` / `passage: `) declare them as prompts; train as they are used.
+    prompts = getattr(model, "prompts", None) or {}
+    qp, pp = prompts.get("query", ""), prompts.get("passage", "")
 
     # (source, query_id, question, positive chunk key, gold docs)
     pairs: list[tuple[str, str | None, str, int, set[str]]] = []
@@ -251,8 +254,8 @@ def train_retriever(p: Pipeline) -> TrainResult:
             cand = [int(k) for d in sorted(gold_by_q[r.query_id]) for k in by_doc.get(d, [])]
             if not cand:
                 continue
-            q = model.encode([r.text], normalize_embeddings=True, show_progress_bar=False)
-            c = model.encode([text_of[k] for k in cand], normalize_embeddings=True, show_progress_bar=False)
+            q = model.encode([qp + r.text], normalize_embeddings=True, show_progress_bar=False)
+            c = model.encode([pp + text_of[k] for k in cand], normalize_embeddings=True, show_progress_bar=False)
             pairs.append(("qa", r.query_id, r.text, cand[int(np.argmax(c @ q[0]))], gold_by_q[r.query_id]))
     n_qa = len(pairs)
     if cfg.synthetic_questions:
@@ -313,7 +316,9 @@ def train_retriever(p: Pipeline) -> TrainResult:
         return TrainResult(model_dir, counts, seconds, existing["losses"], reused=True)
 
     t = time.perf_counter()
-    triples = [(x[2], text_of[x[3]], [text_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)]
+    triples = [
+        (qp + x[2], pp + text_of[x[3]], [pp + text_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)
+    ]
     losses = _fit(model, triples, cfg)
     seconds["train"] = round(time.perf_counter() - t, 1)
     tmp = model_dir.with_name(f".{name}.tmp")
@@ -390,7 +395,8 @@ def _fit(model: Any, rows: list[tuple[str, str, list[str]]], cfg: TrainConfig) -
 
 
 def fine_tuned_embed_config(base: EmbedConfig, model_dir: str | Path) -> EmbedConfig:
-    """embed settings that use a fine-tuned folder (sentence-transformers backend, no prefixes)."""
+    """embed settings that use a fine-tuned folder (sentence-transformers backend; no configured prefixes: the
+    folder's own prompts, kept from its base model, apply)."""
     return base.model_copy(
         update={"backend": "sentence-transformers", "model": str(model_dir), "query_prefix": "", "passage_prefix": ""}
     )
