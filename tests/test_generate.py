@@ -278,6 +278,55 @@ def test_answer_batch_direct_call(vllm_generator) -> None:  # type: ignore[no-un
     assert len(set(out["prompt_hash"])) == 2 and set(out["model_id"]) == {vllm_generator.model_id}
 
 
+@needs_smollm2
+@needs_vllm
+def test_vllm_continuation_logprobs(vllm_generator) -> None:  # type: ignore[no-untyped-def]
+    """Teacher-forced log-probabilities: one per continuation token, agreeing with the next-token distribution
+    and preferring the continuation the prompt makes likely."""
+    prompt = "The capital of France is"
+    lps = vllm_generator.continuation_logprobs([prompt, prompt], [" Paris.", " a purple elephant."])
+    tok = vllm_generator.tokenizer
+    assert [len(x) for x in lps] == [
+        len(tok.encode(c, add_special_tokens=False)) for c in (" Paris.", " a purple elephant.")
+    ]
+    assert all(v <= 0 for x in lps for v in x)
+    assert np.mean(lps[0]) > np.mean(lps[1])
+    # The first continuation token's log-probability is the one the next-token distribution gives it.
+    top = vllm_generator.next_token_logprobs([prompt], top=20)[0]
+    assert top[" Paris"] == pytest.approx(lps[0][0], abs=0.05)
+    with pytest.raises(ValueError, match="continuation 0 is empty"):
+        vllm_generator.continuation_logprobs([prompt], [""])
+
+
+@needs_smollm2
+@needs_vllm
+def test_query_likelihood_reranker_prefers_the_source_passage(vllm_generator) -> None:  # type: ignore[no-untyped-def]
+    """UPR scoring through the real engine: the passage a question is about scores above unrelated ones."""
+    from rag_spark.config import RerankConfig
+    from rag_spark.retrieve.rerank import QueryLikelihoodReranker
+
+    rr = QueryLikelihoodReranker(RerankConfig(method="llm-likelihood", batch_size=2), vllm_generator.cfg, "en",
+                                 generator=vllm_generator)  # fmt: skip
+    passages = [
+        "The cat sleeps on the sofa while the rain falls outside.",
+        "Paris is the capital and largest city of France, on the river Seine.",
+        "To install a package on Debian, run apt install followed by the package name.",
+    ]
+    s = rr.scores("What is the capital of France?", passages)
+    assert s.shape == (3,) and np.all(s < 0)
+    assert int(np.argmax(s)) == 1
+    assert int(np.argmax(rr.scores("How do I install a package on Debian?", passages))) == 2
+    assert rr.scores("anything", []).shape == (0,)
+
+
+def test_query_likelihood_reranker_needs_vllm() -> None:
+    from rag_spark.config import RerankConfig
+    from rag_spark.retrieve.rerank import QueryLikelihoodReranker
+
+    with pytest.raises(ValueError, match=r"llm-likelihood needs generate\.backend vllm"):
+        QueryLikelihoodReranker(RerankConfig(method="llm-likelihood"), GenerateConfig(backend="llamacpp"), "en")
+
+
 def test_vllm_missing_model_folder(tmp_path: Path) -> None:
     from rag_spark.generate.vllm_backend import VLLMGenerator
 

