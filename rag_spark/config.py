@@ -758,6 +758,8 @@ class TrainConfig(_Section):
     max_seq_length: int = Field(256, ge=16)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 autocast on a GPU that supports it (weights and optimizer state stay fp32), fp32 on the CPU."""
 
 
 class EvaluateConfig(_Section):
@@ -817,6 +819,16 @@ class PipelineConfig(_Section):
     report: ReportConfig = ReportConfig()
     splits: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _likelihood_reranker_needs_vllm(self) -> PipelineConfig:
+        # `auto` is resolved when the run starts (rerank.resolve_method); an explicit llama.cpp is refused here.
+        if self.retrieve.rerank.method == "llm-likelihood" and self.generate.backend == "llamacpp":
+            raise ValueError(
+                "retrieve.rerank.method llm-likelihood needs generate.backend vllm (or auto with vLLM installed): "
+                f"llama.cpp gives no log-probabilities of prompt tokens (generate.backend is {self.generate.backend!r})"
+            )
+        return self
 
     @property
     def lake_root(self) -> str:

@@ -258,7 +258,8 @@ LINEAGE = Table(
     ("run_id", "stage"),
 )
 
-# Questions the LLM wrote for sampled chunks (train-retriever): seeded, so a rerun reuses them.
+# Questions the LLM wrote for sampled chunks (train-retriever): seeded, so a rerun reuses them; an empty question
+# marks an output that was no usable question (kept so the rerun does not ask again).
 SYNTHETIC_QUESTIONS = Table(
     "synthetic_questions",
     _s(

