@@ -285,19 +285,20 @@ def run(args: argparse.Namespace) -> None:
     gpu_enc.encode_passages(passages[:512])
     c_gpu, secs = rank(gpu_enc, "base")
     res["embed"] = {"gpu_fp16_passages_per_s": round(len(passages) / secs, 1), "passages": len(passages)}
-    cpu_enc = encoder(base, "cpu")
-    n_cpu = min(1024, len(passages))
-    t = time.perf_counter()
-    c_cpu = cpu_enc.encode_passages(passages[:n_cpu])
-    secs = time.perf_counter() - t
-    cos = (c_cpu * c_gpu[:n_cpu]).sum(1)
-    res["embed"].update(
-        cpu_fp32_passages_per_s=round(n_cpu / secs, 1),
-        cpu_sample=n_cpu,
-        gpu_vs_cpu_cosine_min=round(float(cos.min()), 5),
-        gpu_vs_cpu_cosine_mean=round(float(cos.mean()), 6),
-    )
-    del cpu_enc
+    if not args.negatives:
+        cpu_enc = encoder(base, "cpu")
+        n_cpu = min(1024, len(passages))
+        t = time.perf_counter()
+        c_cpu = cpu_enc.encode_passages(passages[:n_cpu])
+        secs = time.perf_counter() - t
+        cos = (c_cpu * c_gpu[:n_cpu]).sum(1)
+        res["embed"].update(
+            cpu_fp32_passages_per_s=round(n_cpu / secs, 1),
+            cpu_sample=n_cpu,
+            gpu_vs_cpu_cosine_min=round(float(cos.min()), 5),
+            gpu_vs_cpu_cosine_mean=round(float(cos.mean()), 6),
+        )
+        del cpu_enc
     save()
 
     pp, qp = "passage: ", "query: "
@@ -326,22 +327,8 @@ def run(args: argparse.Namespace) -> None:
         model.save(tmp)
         return encoder(tmp, dev)
 
-    # The stored settings, bf16 autocast (the `auto` choice on this GPU) and fp32.
-    for precision in ("bf16", "fp32") if dev == "cuda" else ("fp32",):
-        model, info = train(all_rows, precision=precision)
-        res["train"][precision] = info
-        rank(as_encoder(model, f"/tmp/ft-{precision}"), f"finetuned_{precision}")
-        log.info("train %s: %s", precision, info)
-        save()
-    # The first three batches on this machine's CPU cores (same rows, batch size, length) for the ratio.
-    _, info = train(all_rows[: 3 * settings["batch_size"]], device="cpu", epochs=1, precision="fp32")
-    res["train"]["cpu_fp32_first_3_batches"] = info
-    log.info("train cpu: %s", info)
-    save()
-
-    # Learning rate x epochs, chosen by 2-fold cross-validation on the train questions (held-out never seen).
+    # Scans are chosen by 2-fold cross-validation on the train questions (held-out never seen).
     qa = [r for r in data["pairs"] if r[0] == "qa"]
-    synth = [r for r in data["pairs"] if r[0] != "qa"]
     fold = {r[1]: int(hashlib.sha256(f"fold:{r[1]}".encode()).hexdigest(), 16) % 2 for r in qa}
     qtext = {r[1]: r[2] for r in qa}
 
@@ -361,22 +348,71 @@ def run(args: argparse.Namespace) -> None:
             rr.append(1 / hit[0] if hit else 0.0)
         return float(np.mean(rr))
 
-    grid = [{"learning_rate": lr, "epochs": ep} for lr in (1e-5, 3e-5, 1e-4) for ep in (1, 2, 4)]
-    if args.limit:
-        grid = grid[:2]
-    scan = []
-    for g in grid:
-        scores = []
-        for k in (0, 1):
-            rows = triples(synth + [r for r in qa if fold[r[1]] != k])
-            model, _ = train(rows, **g)
-            scores.append(val_mrr(model, [r[1] for r in qa if fold[r[1]] == k]))
-        scan.append({**g, "cv_mrr@10": round(float(np.nanmean(scores)), 4), "folds": [round(s, 4) for s in scores]})
-        log.info("scan %s", scan[-1])
-        res["scan"] = scan
+    def cross_validate(pairs_of: Any, grid: list[dict[str, Any]]) -> dict[str, Any]:
+        """`pairs_of(point)`: the training pairs of a grid point; returns the best point (cross-validated MRR@10)."""
+        scan = []
+        for g in grid:
+            scores = []
+            pairs = pairs_of(g)
+            for k in (0, 1):
+                rows = triples(
+                    [r for r in pairs if r[0] != "qa"] + [r for r in pairs if r[0] == "qa" and fold[r[1]] != k]
+                )
+                model, _ = train(rows, **{key: v for key, v in g.items() if key != "negatives"})
+                scores.append(val_mrr(model, [r[1] for r in qa if fold[r[1]] == k]))
+            scan.append({**g, "cv_mrr@10": round(float(np.nanmean(scores)), 4), "folds": [round(x, 4) for x in scores]})
+            log.info("scan %s", scan[-1])
+            res["scan"] = scan
+            save()
+        res["scan_best"] = max(scan, key=lambda x: x["cv_mrr@10"])
+        return dict(res["scan_best"])
+
+    if args.negatives:
+        # Hard negatives re-mined with the base model on the GPU (train-retriever's rule: the best-ranked chunks
+        # outside the pair's gold documents after skipping `negatives_skip`), then 1 / 3 / 7 per pair x epochs.
+        cg = torch.from_numpy(c_gpu).to(dev, half)
+        _, idx = _topk(gpu_enc.encode_queries([r[2] for r in data["pairs"]]), cg, settings["negatives_depth"])
+        rnd = np.random.default_rng(0)
+        mined = []
+        for r, row in zip(data["pairs"], idx, strict=True):
+            gold = set(data["gold"][r[1]]) if r[0] == "qa" else {doc_of_pos[pos_of[r[3]]]}
+            cand = [int(keys[j]) for j in row if doc_of_pos[j] not in gold][settings["negatives_skip"] :]
+            while len(cand) < 7:
+                j = int(rnd.integers(len(keys)))
+                if doc_of_pos[j] not in gold and int(keys[j]) != r[3] and int(keys[j]) not in cand:
+                    cand.append(int(keys[j]))
+            mined.append(cand[:7])
+        res["negatives_same_as_stored"] = sum(m[0] == r[4][0] for m, r in zip(mined, data["pairs"], strict=True))
+
+        def with_negatives(g: dict[str, Any]) -> list[list[Any]]:
+            return [[*r[:4], m[: g["negatives"]]] for r, m in zip(data["pairs"], mined, strict=True)]
+
+        grid = [{"negatives": n, "epochs": ep} for n in (1, 3, 7) for ep in (2, 4)]
+        best = cross_validate(with_negatives, grid[:2] if args.limit else grid)
+        for label, g in (("finetuned_negatives_1", grid[0]), ("finetuned_negatives_best", best)):
+            model, info = train(triples(with_negatives(g)), epochs=g["epochs"])
+            res["train"][label] = {**info, "negatives": g["negatives"]}
+            rank(as_encoder(model, f"/tmp/{label}"), label)
+            save()
+        log.info("done: %s", {k: v for k, v in res.items() if k != "hits"})
+        return
+
+    # The stored settings, bf16 autocast (the `auto` choice on this GPU) and fp32.
+    for precision in ("bf16", "fp32") if dev == "cuda" else ("fp32",):
+        model, info = train(all_rows, precision=precision)
+        res["train"][precision] = info
+        rank(as_encoder(model, f"/tmp/ft-{precision}"), f"finetuned_{precision}")
+        log.info("train %s: %s", precision, info)
         save()
-    best = max(scan, key=lambda s: s["cv_mrr@10"])
-    res["scan_best"] = best
+    # The first three batches on this machine's CPU cores (same rows, batch size, length) for the ratio.
+    _, info = train(all_rows[: 3 * settings["batch_size"]], device="cpu", epochs=1, precision="fp32")
+    res["train"]["cpu_fp32_first_3_batches"] = info
+    log.info("train cpu: %s", info)
+    save()
+
+    # Learning rate x epochs.
+    grid = [{"learning_rate": lr, "epochs": ep} for lr in (1e-5, 3e-5, 1e-4) for ep in (1, 2, 4)]
+    best = cross_validate(lambda _: data["pairs"], grid[:2] if args.limit else grid)
     model, info = train(all_rows, learning_rate=best["learning_rate"], epochs=best["epochs"])
     res["train"]["scan_best"] = info
     rank(as_encoder(model, "/tmp/ft-best"), "finetuned_scan_best")
@@ -472,8 +508,9 @@ def score(args: argparse.Namespace) -> None:
         rows[label] = row
     p.spark.stop()
     pairs = [(a, "base") for a in rows if a != "base"]
-    if {"finetuned_scan_best", "finetuned_bf16"} <= set(rows):
-        pairs.append(("finetuned_scan_best", "finetuned_bf16"))
+    for a, b in (("finetuned_scan_best", "finetuned_bf16"), ("finetuned_negatives_best", "finetuned_negatives_1")):
+        if {a, b} <= set(rows):
+            pairs.append((a, b))
     comps = []
     for a, b in pairs:
         qa, qb = rows[a]["per_query"]["mrr@10"], rows[b]["per_query"]["mrr@10"]
@@ -519,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("out")
     a.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     a.add_argument("--limit", type=int, default=0, help="dry run: only the first N chunks, two scan points")
+    a.add_argument("--negatives", action="store_true", help="scan hard negatives per pair (re-mined) x epochs only")
     a = sub.add_parser("timing")
     a.add_argument("dir")
     a.add_argument("out")
