@@ -82,7 +82,7 @@ def fit_bi_encoder(model: Any, rows: list[Triple], cfg: TrainConfig) -> tuple[li
             columns += [[b[2][j] for b in batch] for j in range(len(batch[0][2]))]
             features = []
             for col in columns:
-                f = model.tokenize(col)
+                f = model.preprocess(col)  # sentence-transformers 6: `tokenize` is deprecated
                 features.append({k: v.to(model.device) if hasattr(v, "to") else v for k, v in f.items()})
             with autocast:
                 loss = loss_fn(features, torch.empty(0))
