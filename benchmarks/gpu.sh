@@ -37,7 +37,7 @@ if [[ $cmd == train || $cmd == timing ]]; then  # timing: warm fp32 vs bf16 trai
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
   install_wheels
-  PYTHONUNBUFFERED=1 python3 "$here/benchmarks/gpu_train.py" "$([[ $cmd == train ]] && echo run || echo timing)" "$dir" "$out"
+  PYTHONUNBUFFERED=1 python3 "$here/benchmarks/gpu_train.py" run "$dir" "$out" $([[ $cmd == timing ]] && echo --timing)
   exit 0
 fi
 

