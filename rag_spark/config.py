@@ -745,7 +745,14 @@ class TrainConfig(_Section):
     chunk when no train question has a gold document or the ids have no folders. On the demo it trained a worse model
     than `all` (README "Retrieval"): the generator's questions about FAQ sections repeat their chapter title."""
     exclude_heldout_docs: bool = True
-    """Never write synthetic questions on documents that are gold for held-out questions."""
+    """Never write synthetic questions on documents that are gold for held-out questions, and drop section pairs
+    whose text shares a 10-word sequence with such a document or whose heading is a held-out question."""
+    section_docs: str | None = None
+    """A folder of HTML / Markdown documentation (outside the corpus, or the corpus's own source files) whose
+    headings become training questions over their sections' text (`rag_spark.retrieve.sections`): in-domain pairs
+    without labels. None = no section pairs."""
+    section_pairs: int = Field(2000, ge=0)
+    """At most this many section pairs (a seeded sample when the folder has more)."""
     hard_negatives: int = Field(1, ge=0, le=16)
     """Per pair, mined from the published index of embed.model: top chunks not in a gold document."""
     negatives_skip: int = Field(3, ge=0)

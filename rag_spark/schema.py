@@ -274,7 +274,23 @@ SYNTHETIC_QUESTIONS = Table(
     ("chunk_id", "model_id", "seed"),
 )
 
+# Sections (heading over its own text) that train-retriever read from `train.section_docs`, documentation outside
+# the corpus: the passages of its `section` training pairs, whose positive/negative ids are these section ids.
+TRAIN_SECTIONS = Table(
+    "train_sections",
+    _s(
+        ("section_id", StringType(), False),
+        ("root", StringType(), False),
+        ("source", StringType(), False),
+        ("heading", StringType(), False),
+        ("text", StringType(), False),
+        ("run_id", StringType(), False),
+    ),
+    ("section_id",),
+)
+
 # The (question, positive chunk, hard negatives) triples a retriever model was fine-tuned on, per model name.
+# For pairs of source `section` the ids are `train_sections.section_id`s, for the others `chunks.chunk_id`s.
 TRAINING_PAIRS = Table(
     "training_pairs",
     _s(
@@ -324,6 +340,7 @@ ALL_TABLES = [
     EVAL_DETAILS,
     LINEAGE,
     SYNTHETIC_QUESTIONS,
+    TRAIN_SECTIONS,
     TRAINING_PAIRS,
     RUNS,
 ]

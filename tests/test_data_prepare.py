@@ -98,7 +98,7 @@ def test_ensure_faq_dir_reports_failed_command(tmp_path: Path, monkeypatch: pyte
         return subprocess.CompletedProcess(cmd, 0 if ok else 100, "", "" if ok else "E: Unable to locate package")
 
     monkeypatch.setattr(debian_faq, "SYSTEM_FAQ_DIR", tmp_path / "absent")
-    monkeypatch.setattr(debian_faq, "_run", fake_run)
+    monkeypatch.setattr(debian_faq, "run_command", fake_run)
     with pytest.raises(RuntimeError, match=r"apt-get download debian-faq-fr.*Unable to locate package"):
         ensure_faq_dir(tmp_path / "cache")
     assert [c[:2] for c in calls] == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]

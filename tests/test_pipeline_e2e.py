@@ -280,6 +280,24 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
     from rag_spark.retrieve.train import fine_tuned_embed_config, train_retriever, training_metadata
 
     p, _, _ = run
+    qids = [r.query_id for r in p.lake.read(S.QUERIES).collect()]
+    split = split_ids(qids, p.cfg.splits)
+    heldout_docs = {r.doc_id for r in p.lake.read(S.QRELS).collect() if r.query_id in split[HELDOUT]}
+    heldout_text = p.lake.read(S.CHUNKS).where(F.col("doc_id").isin(sorted(heldout_docs))).first()["text"]
+    heldout_question = p.lake.read(S.QUERIES).where(F.col("query_id") == split[HELDOUT][0]).first()["text"]
+    # Section docs: three usable sections, one copying a held-out answer, one headed by a held-out question.
+    docs = tmp_path / "section-docs"
+    docs.mkdir()
+    filler = "Ce paragraphe décrit la procédure en détail, avec les commandes et les fichiers de configuration. "
+    (docs / "guide.html").write_text(
+        "<html><body>"
+        f"<h2>Configurer le clavier</h2><p>{filler}Utilisez dpkg-reconfigure keyboard-configuration.</p>"
+        f"<h2>Planifier des tâches</h2><p>{filler}La commande crontab -e édite la table de cron.</p>"
+        f"<h2>Copie d'une réponse</h2><p>Préambule. {heldout_text}</p>"
+        f"<h2>{heldout_question}</h2><p>{filler}Une autre réponse à la même question.</p>"
+        "</body></html>"
+    )
+    (docs / "notes.md").write_text(f"# Monter un partage Windows\n\n{filler}mount -t cifs //serveur/partage /mnt\n")
     cfg = p.cfg.with_dotted(
         {
             "generate.backend": "llamacpp",
@@ -287,6 +305,7 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
             "generate.cpu_threads": 2,
             "train.synthetic_questions": 4,
             "train.synthetic_model": "packaged:SmolLM2-135M-Instruct",
+            "train.section_docs": str(docs),
             "train.epochs": 1,
             "train.batch_size": 4,
             "train.output_dir": str(tmp_path / "retrievers"),
@@ -296,8 +315,6 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
     res = train_retriever(q)
     meta = training_metadata(res.model_dir)
     assert meta is not None and not res.reused and meta["precision"] == "fp32"  # auto on the CPU
-    qids = [r.query_id for r in p.lake.read(S.QUERIES).collect()]
-    split = split_ids(qids, cfg.splits)
     assert split == split_ids(reversed(qids), cfg.splits)  # fixed by seed, not by order
     assert set(meta["train_query_ids"]) <= set(split[TRAIN])
     assert set(meta["heldout_query_ids"]) == set(split[HELDOUT])
@@ -306,7 +323,23 @@ def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: igno
     assert len(pairs) == res.pairs["total"] >= 2 and res.pairs["qa"] == len(meta["train_query_ids"])
     assert all(len(r.negative_chunk_ids) == 1 and r.positive_chunk_id not in r.negative_chunk_ids for r in pairs)
     assert {r.query_id for r in pairs if r.source == "qa"} <= set(split[TRAIN])
-    heldout_docs = {r.doc_id for r in p.lake.read(S.QRELS).collect() if r.query_id in split[HELDOUT]}
+    # Section pairs: the heading is the question, positive and negatives are stored sections; the copy of a
+    # held-out answer and the held-out question are not trained on.
+    sections = {r.section_id: r for r in p.lake.read(S.TRAIN_SECTIONS).collect()}
+    by_source = {src: [r for r in pairs if r.source == src] for src in ("qa", "synthetic", "section")}
+    assert res.pairs["section"] == len(by_source["section"]) == 3 == len(sections)
+    assert {r.question for r in by_source["section"]} == {
+        "Configurer le clavier",
+        "Planifier des tâches",
+        "Monter un partage Windows",
+    }
+    for r in by_source["section"]:
+        assert sections[r.positive_chunk_id].heading == r.question
+        assert set(r.negative_chunk_ids) <= set(sections) - {r.positive_chunk_id}
+    chunk_ids = {r.chunk_id for r in p.lake.read(S.CHUNKS).select("chunk_id").collect()}
+    assert all(
+        {r.positive_chunk_id, *r.negative_chunk_ids} <= chunk_ids for r in by_source["qa"] + by_source["synthetic"]
+    )
     synth = [r for r in p.lake.read(S.SYNTHETIC_QUESTIONS).collect() if r.question]  # "": no usable question
     assert res.pairs["synthetic"] == len(synth) > 0 and not {r.doc_id for r in synth} & heldout_docs
     text = "Comment installer un paquet Debian ?"

@@ -67,7 +67,7 @@ def _faq_html_files(faq_dir: Path) -> list[Path]:
     return sorted(faq_dir.glob("*.fr.html"))
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_command(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     logger.info("running %s", " ".join(cmd))
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
@@ -75,27 +75,29 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
         raise RuntimeError(f"`{' '.join(cmd)}` could not run: {exc}") from exc
 
 
-def _check(proc: subprocess.CompletedProcess[str], cmd: list[str]) -> None:
+def check_command(proc: subprocess.CompletedProcess[str], cmd: list[str]) -> None:
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}: {proc.stderr.strip()}")
 
 
-def _download_deb(cache_dir: Path) -> Path:
-    debs = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+def download_deb(cache_dir: Path, package: str = PACKAGE) -> Path:
+    """The ``.deb`` of `package` in `cache_dir` (``apt-get download``ed there when missing; the package lists are
+    refreshed once when the download fails)."""
+    debs = sorted(cache_dir.glob(f"{package}_*.deb"))
     if debs:
         return debs[-1]
-    cmd = ["apt-get", "download", PACKAGE]
-    proc = _run(cmd, cwd=cache_dir)
+    cmd = ["apt-get", "download", package]
+    proc = run_command(cmd, cwd=cache_dir)
     if proc.returncode != 0:
         # A fresh container often has empty package lists; refresh them once.
         logger.warning("apt-get download failed (%s); running apt-get update once", proc.stderr.strip())
         update = ["apt-get", "update", "-qq"]
-        _check(_run(update), update)
-        proc = _run(cmd, cwd=cache_dir)
-        _check(proc, cmd)
-    debs = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+        check_command(run_command(update), update)
+        proc = run_command(cmd, cwd=cache_dir)
+        check_command(proc, cmd)
+    debs = sorted(cache_dir.glob(f"{package}_*.deb"))
     if not debs:
-        raise RuntimeError(f"`{' '.join(cmd)}` succeeded but no {PACKAGE}_*.deb appeared in {cache_dir}")
+        raise RuntimeError(f"`{' '.join(cmd)}` succeeded but no {package}_*.deb appeared in {cache_dir}")
     return debs[-1]
 
 
@@ -127,12 +129,12 @@ def ensure_faq_dir(cache_dir: Path) -> Path:
         logger.info("reusing the extracted Debian FAQ at %s", faq_dir)
         return faq_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
-    deb = _download_deb(cache_dir)
+    deb = download_deb(cache_dir)
     # Extract next to the final folder and rename, so an interrupted run never looks like a complete one.
     staging = cache_dir / "root.partial"
     shutil.rmtree(staging, ignore_errors=True)
     cmd = ["dpkg", "-x", str(deb), str(staging)]
-    _check(_run(cmd), cmd)
+    check_command(run_command(cmd), cmd)
     if not _faq_html_files(staging / FAQ_SUBDIR):
         raise RuntimeError(f"{deb.name} holds no {FAQ_SUBDIR}/*.fr.html")
     shutil.rmtree(root, ignore_errors=True)

@@ -7,8 +7,12 @@ Training data, all stored in the lake so it can be inspected:
   (`synthetic_questions`, reused on a rerun with the same model and seed), drawn from every chunk or only from the
   collections that hold the train questions' gold documents (`synthetic_from`). With `exclude_heldout_docs`, no
   chunk of a document that is gold for a held-out question is sampled, so the held-out evaluation stays clean;
+- section pairs (`section_docs`): documentation outside the corpus whose headings become questions over their
+  sections' own text (`rag_spark.retrieve.sections`), stored in `train_sections`; with `exclude_heldout_docs`, a
+  section sharing a 10-word sequence with a held-out gold document, or headed by a held-out question, is dropped;
 - hard negatives for every pair, mined from the published index of `embed.model` (the current index): the best
-  ranked chunks outside the pair's gold documents, after skipping the first `negatives_skip` ranks.
+  ranked chunks outside the pair's gold documents, after skipping the first `negatives_skip` ranks; for section
+  pairs, the other sections the base model ranks best for the heading, with the same skip.
 The triples are written to `training_pairs` under the model's name.
 
 The loss is sentence-transformers' MultipleNegativesRankingLoss (in-batch negatives + the hard negatives). The loop
@@ -40,6 +44,7 @@ from rag_spark import schema as S
 from rag_spark.config import EmbedConfig, TrainConfig
 from rag_spark.embed.encoders import model_prompts, passage_text
 from rag_spark.retrieve.finetune import fit_bi_encoder
+from rag_spark.retrieve.sections import Section, read_sections, shingles
 from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
 
 if TYPE_CHECKING:
@@ -209,6 +214,57 @@ def _mine_negatives(
     return out
 
 
+def _usable_sections(cfg: TrainConfig, heldout_chunks: pd.DataFrame, heldout_questions: set[str]) -> list[Section]:
+    """The sections of `cfg.section_docs` that may be trained on, a seeded sample of at most `cfg.section_pairs`.
+
+    With `exclude_heldout_docs`, a section that shares a 10-word sequence with a document that is gold for a held-out
+    question, or whose heading is a held-out question, is dropped (counted in the log): documentation that copies the
+    evaluated documents would otherwise put the held-out answers in the training set.
+    """
+    assert cfg.section_docs is not None
+    found = read_sections(cfg.section_docs)
+    kept = found
+    if cfg.exclude_heldout_docs:
+        held = set().union(*(shingles(t) for t in heldout_chunks["text"])) if len(heldout_chunks) else set()
+        questions = {q.casefold().strip() for q in heldout_questions}
+        kept = [x for x in found if x.heading.casefold() not in questions and not (shingles(x.text) & held)]
+    dropped = len(found) - len(kept)
+    rng = np.random.default_rng(cfg.seed)
+    if len(kept) > cfg.section_pairs:
+        kept = [kept[i] for i in sorted(rng.choice(len(kept), cfg.section_pairs, replace=False))]
+    log.info(
+        "train: %d section pairs from %s (%d sections, %d dropped: they overlap held-out documents or questions)",
+        len(kept),
+        cfg.section_docs,
+        len(found),
+        dropped,
+    )
+    return kept
+
+
+def _section_negatives(model: Any, qp: str, pp: str, sections: list[Section], cfg: TrainConfig) -> list[list[int]]:
+    """Per section, the indices of `cfg.hard_negatives` other sections the base model ranks best for its heading
+    (after skipping `negatives_skip`), topped up with seeded random sections."""
+    if cfg.hard_negatives == 0:
+        return [[] for _ in sections]
+    passages = model.encode([pp + x.text for x in sections], normalize_embeddings=True, show_progress_bar=False)
+    out: list[list[int]] = []
+    rnd = random.Random(cfg.seed)
+    for start in range(0, len(sections), 256):
+        q = model.encode(
+            [qp + x.heading for x in sections[start : start + 256]], normalize_embeddings=True, show_progress_bar=False
+        )
+        order = np.argsort(-(q @ passages.T), axis=1)[:, : cfg.negatives_depth + 1]
+        for i, row in enumerate(order, start):
+            neg = [int(j) for j in row if j != i][cfg.negatives_skip :][: cfg.hard_negatives]
+            while len(neg) < min(cfg.hard_negatives, len(sections) - 1):
+                j = rnd.randrange(len(sections))
+                if j != i and j not in neg:
+                    neg.append(j)
+            out.append(neg)
+    return out
+
+
 def train_retriever(p: Pipeline) -> TrainResult:
     """Builds the training set, fine-tunes `train.base_model`, saves it (see the module docstring)."""
     from rag_spark.embed.models import resolve_encoder
@@ -268,10 +324,18 @@ def train_retriever(p: Pipeline) -> TrainResult:
         for r in synth.sort_values("chunk_id").itertuples():
             pairs.append(("synthetic", None, r.question, key_of[r.chunk_id], {r.doc_id}))
         seconds["synthesize"] = round(time.perf_counter() - t, 1)
-    if len(pairs) < 2:
+    n_synthetic = len(pairs) - n_qa
+    sections: list[Section] = []
+    if cfg.section_docs and cfg.section_pairs:
+        t = time.perf_counter()
+        heldout_q = set(queries[queries["query_id"].isin(split[HELDOUT])]["text"])
+        sections = _usable_sections(cfg, chunks[chunks["doc_id"].isin(heldout_docs)], heldout_q)
+        seconds["sections"] = round(time.perf_counter() - t, 1)
+    if len(pairs) + len(sections) < 2:
         raise ValueError(
-            f"train-retriever: only {len(pairs)} training pairs (train split has "
-            f"{len(split[TRAIN])} questions; synthetic_questions={cfg.synthetic_questions}); need at least 2"
+            f"train-retriever: only {len(pairs) + len(sections)} training pairs (train split has "
+            f"{len(split[TRAIN])} questions; synthetic_questions={cfg.synthetic_questions}; "
+            f"{len(sections)} section pairs); need at least 2"
         )
     t = time.perf_counter()
     negatives = _mine_negatives(p, [x[2] for x in pairs], [x[4] for x in pairs], doc_of, cfg)
@@ -284,6 +348,24 @@ def train_retriever(p: Pipeline) -> TrainResult:
             k = int(all_keys[rnd.randrange(len(all_keys))])
             if doc_of[k] not in gold and k != pos and k not in neg:
                 neg.append(k)
+    if sections:
+        # Section passages join the lookups under negative keys (chunk keys are never negative): pair i's positive
+        # is key -1 - i, its negatives other sections, mined with the base model among the sections.
+        t = time.perf_counter()
+        for i, sec in enumerate(sections):
+            text_of[-1 - i], id_of[-1 - i], doc_of[-1 - i] = sec.text, sec.section_id, sec.section_id
+            pairs.append(("section", None, sec.heading, -1 - i, {sec.section_id}))
+        negatives += [[-1 - j for j in row] for row in _section_negatives(model, qp, pp, sections, cfg)]
+        p.lake.merge(
+            S.TRAIN_SECTIONS,
+            p.spark.createDataFrame(
+                [(x.section_id, x.root, x.source, x.heading, x.text, p.run_id) for x in sections],
+                S.TRAIN_SECTIONS.schema,
+            ),
+            meta={"run_id": p.run_id, "stage": "train-retriever"},
+        )
+        inputs["train_sections"] = lake.version(S.TRAIN_SECTIONS) or 0
+        seconds["sections"] += round(time.perf_counter() - t, 1)
 
     digest = hashlib.sha256(
         json.dumps(
@@ -297,7 +379,7 @@ def train_retriever(p: Pipeline) -> TrainResult:
     ).hexdigest()[:12]
     name = f"{cfg.name}-{digest}"
     model_dir = Path(cfg.output_dir).expanduser().resolve() / name
-    counts = {"qa": n_qa, "synthetic": len(pairs) - n_qa, "total": len(pairs)}
+    counts = {"qa": n_qa, "synthetic": n_synthetic, "section": len(sections), "total": len(pairs)}
     rows = [
         (name, f"{src}:{i:06d}", src, qid, q, id_of[pos], [id_of[n] for n in negs], p.run_id)
         for i, ((src, qid, q, pos, _), negs) in enumerate(zip(pairs, negatives, strict=True))

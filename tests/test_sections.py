@@ -1,0 +1,131 @@
+"""Section pairs for train-retriever (rag_spark.retrieve.sections): headings over their own text, from HTML
+(DocBook's nested divs, Sphinx's <section>) and Markdown."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from rag_spark.retrieve.sections import clean_heading, read_sections, shingles
+
+LONG = "Ce paragraphe explique en détail la configuration du système et les fichiers concernés. "
+
+DOCBOOK = f"""<?xml version="1.0" encoding="UTF-8"?>
+<html><head><title>Chapitre 5. Réseau</title><style>h2 {{ color: red }}</style></head><body>
+<div class="navheader"><h3>Navigation</h3></div>
+<div class="chapter"><h2 class="title">Chapitre 5. Configuration du réseau</h2>
+<p>Ce chapitre décrit la configuration du réseau sous Debian, pas à pas, avec les outils habituels.</p>
+<div class="section"><h3 class="title">5.1. Les interfaces réseau</h3>
+<div class="para">Le fichier <code>/etc/network/interfaces</code> décrit les interfaces. {LONG}</div>
+<ul><li><p>auto eth0</p></li><li><p>iface eth0 inet dhcp</p></li></ul>
+<div class="section"><h4 class="title">5.1.1. Adresse statique</h4><p>{LONG}Une adresse fixe se déclare avec
+<em>address</em> et <em>netmask</em>.</p></div>
+</div></div>
+<div class="navfooter"><h3>Navigation</h3></div>
+<script>var h = "<h2>pas un titre</h2>";</script>
+</body></html>"""
+
+SPHINX = f"""<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8"></head><body>
+<section id="paquets"><h1>5. Gestion des paquets<a class="headerlink" href="#paquets">¶</a></h1>
+<p>Ce chapitre contient des informations relatives à la création et à la maintenance des paquets Debian.</p>
+<section id="nouveaux"><h2>5.1. Nouveaux paquets<a class="headerlink" href="#nouveaux">¶</a></h2>
+<p>{LONG}Envoyez un rapport ITP contre le pseudo-paquet wnpp avant de commencer.</p></section>
+<section id="intro-a"><h2>Introduction</h2><p>{LONG}Première introduction, sur les envois.</p></section>
+<section id="intro-b"><h2>Introduction</h2><p>{LONG}Seconde introduction, sur les traductions.</p></section>
+<section id="court"><h2>Trop court</h2><p>Rien.</p></section>
+</section></body></html>"""
+
+MARKDOWN = f"""# Guide de mise à jour
+
+Intro du guide, assez longue pour compter comme une section : {LONG}
+
+## Mettre à jour vers la version stable
+
+{LONG}Utilisez apt full-upgrade après avoir changé sources.list.
+
+```sh
+# ceci est un commentaire, pas un titre
+apt update
+```
+
+## Revenir en arrière ##
+
+{LONG}Il est difficile de revenir à une version précédente.
+"""
+
+
+@pytest.fixture()
+def docs(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    (root / "ref").mkdir(parents=True)
+    (root / "ref" / "network.fr.html").write_text(DOCBOOK, encoding="utf-8")
+    (root / "ref" / "single-page.fr.html").write_text(DOCBOOK, encoding="utf-8")  # the same sections again
+    (root / "pkgs.html").write_bytes(SPHINX.encode("utf-8"))
+    (root / "upgrade.md").write_text(MARKDOWN, encoding="utf-8")
+    (root / "empty.html").write_bytes(b"")
+    # No declared encoding: UTF-8 bytes, and Latin-1 bytes (decoded as the ingest stage does).
+    (root / "utf8.html").write_bytes(f"<h2>Tâches planifiées</h2><p>{LONG}crontab -e</p>".encode())
+    (root / "latin1.htm").write_bytes(f"<h2>Écran de connexion</h2><p>{LONG}gdm3, sddm</p>".encode("latin-1"))
+    (root / "notes.txt").write_text("# pas lu\n" + LONG)
+    return root
+
+
+def test_sections_from_html_and_markdown(docs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        found = read_sections(docs)
+    by_heading = {s.heading: s for s in found}
+    assert sorted(by_heading) == [
+        "Adresse statique",
+        "Configuration du réseau",
+        "Gestion des paquets",
+        "Guide de mise à jour",
+        "Les interfaces réseau",
+        "Mettre à jour vers la version stable",
+        "Nouveaux paquets",
+        "Revenir en arrière",
+        "Tâches planifiées",
+        "Écran de connexion",
+    ]
+    # A section holds its own text, not its subsections'; lists and inline markup are kept, scripts are not.
+    net = by_heading["Les interfaces réseau"]
+    assert "/etc/network/interfaces" in net.text and "iface eth0 inet dhcp" in net.text
+    assert "address" not in net.text and "pas un titre" not in by_heading["Adresse statique"].text
+    assert by_heading["Configuration du réseau"].text.startswith("Ce chapitre décrit la configuration du réseau")
+    # The verbatim copy counts once; "Introduction" heads two different texts (ambiguous), "Trop court" is short.
+    assert len(found) == len(by_heading)
+    assert by_heading["Les interfaces réseau"].source == "ref/network.fr.html"
+    # Markdown: a `#` inside a fenced block is not a heading; closing #'s are dropped.
+    assert "apt update" in by_heading["Mettre à jour vers la version stable"].text
+    assert by_heading["Guide de mise à jour"].text.startswith("Intro du guide")
+    assert {s.root for s in found} == {str(docs.resolve())}
+    assert len({s.section_id for s in found}) == len(found)
+    assert "gdm3" in by_heading["Écran de connexion"].text
+    assert "empty.html" in caplog.text  # an unparseable file is named and skipped, the others are read
+    assert read_sections(docs) == found  # deterministic
+
+
+def test_clean_heading() -> None:
+    assert clean_heading("5.1.1. Adresse statique") == "Adresse statique"
+    assert clean_heading("Chapitre 3. Le système") == "Le système"
+    assert clean_heading("B.2.2. Le répertoire personnel") == "Le répertoire personnel"
+    assert clean_heading("cme¶") == "cme"
+    assert clean_heading("  Vcs-*  ") == "Vcs-*"
+    assert clean_heading("Debian") == "Debian"
+
+
+def test_bad_section_folders(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train.section_docs: .*absent is not a folder"):
+        read_sections(tmp_path / "absent")
+    (tmp_path / "only.txt").write_text("texte")
+    with pytest.raises(ValueError, match=r"no HTML or Markdown file under"):
+        read_sections(tmp_path)
+
+
+def test_shingles_find_shared_text() -> None:
+    a = "Debian GNU/Linux est une distribution spécifique du système d'exploitation Linux disposant de nombreux paquets"
+    assert shingles(a) & shingles("Préambule. " + a.upper() + " Fin.")
+    assert not shingles(a) & shingles(
+        "Debian GNU/Linux est une distribution libre, complète et maintenue par des bénévoles"
+    )
