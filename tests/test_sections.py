@@ -129,3 +129,26 @@ def test_shingles_find_shared_text() -> None:
     assert not shingles(a) & shingles(
         "Debian GNU/Linux est une distribution libre, complète et maintenue par des bénévoles"
     )
+
+
+def test_debian_docs_folder(tmp_path: Path) -> None:
+    """The demo's section docs: four Debian packages' French pages (apt-get download + dpkg -x, cached in .cache),
+    written once; read_sections finds their headings."""
+    from rag_spark.data.debian_docs import PACKAGES, prepare_debian_docs
+
+    cache = Path(__file__).resolve().parent.parent / ".cache"
+    out = tmp_path / "debian-docs-fr"
+    info = prepare_debian_docs(out, cache)
+    assert sorted(info["versions"]) == sorted(PACKAGES) and all(info["versions"].values())
+    assert {p.name for p in out.iterdir()} == {*PACKAGES, "COPYRIGHT.txt", "docs.json"}
+    assert info["counts"]["pages"] == len(info["files"]) - 1 > 100
+    assert "debian-handbook/sect.apt-get.html" in info["files"]
+    assert not any(name.startswith("debian-handbook/") and "en-US" in name for name in info["files"])
+    stamp = (out / "docs.json").stat().st_mtime_ns
+    assert prepare_debian_docs(out, cache) == info and (out / "docs.json").stat().st_mtime_ns == stamp  # kept
+    found = read_sections(out)
+    assert len(found) > 1000
+    assert {"debian-reference-fr", "debian-handbook", "maint-guide-fr", "developers-reference-fr"} == {
+        s.source.split("/")[0] for s in found
+    }
+    assert any(s.heading == "Configurer le clavier" for s in found)

@@ -7,7 +7,7 @@ never part of the demo's corpus, and `train-retriever` drops any section that sh
 Layout::
 
     <out>/<package>/<file>.html   the package's French HTML pages, unchanged
-    <out>/LICENSE.md              each package's copyright file, in full
+    <out>/COPYRIGHT.txt           each package's copyright file, in full (not .md: the folder's Markdown is read)
     <out>/docs.json               packages, versions, and the sha256 of every other file
 
 Packages (Debian main; DocBook or Sphinx HTML): `debian-reference-fr` (Debian Reference), `debian-handbook` (its
@@ -88,10 +88,10 @@ def prepare_debian_docs(out_dir: Path, cache_dir: Path) -> dict[str, Any]:
             files[f"{pkg}/{page.name}"] = hashlib.sha256(data).hexdigest()
         copyright_file = root / "usr/share/doc" / pkg / "copyright"
         notice = copyright_file.read_text(errors="replace") if copyright_file.is_file() else "(no copyright file)"
-        notices.append(f"## {pkg} {versions[pkg] or ''}\n\n```\n{notice.rstrip()}\n```\n")
-    license_md = "# Licenses of these documents\n\nEach package's `copyright` file, in full.\n\n" + "\n".join(notices)
-    (staging / "LICENSE.md").write_text(license_md)
-    files["LICENSE.md"] = hashlib.sha256(license_md.encode()).hexdigest()
+        notices.append(f"==== {pkg} {versions[pkg] or ''} ====\n\n{notice.rstrip()}\n")
+    license_md = "Licenses of these documents: each package's copyright file, in full.\n\n" + "\n".join(notices)
+    (staging / "COPYRIGHT.txt").write_text(license_md)
+    files["COPYRIGHT.txt"] = hashlib.sha256(license_md.encode()).hexdigest()
     info = {"packages": sorted(PACKAGES), "versions": versions, "files": files, "counts": {"pages": len(files) - 1}}
     (staging / "docs.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
