@@ -152,3 +152,60 @@ def test_debian_docs_folder(tmp_path: Path) -> None:
         s.source.split("/")[0] for s in found
     }
     assert any(s.heading == "Configurer le clavier" for s in found)
+
+
+def test_usable_sections_guard_the_heldout_split(tmp_path: Path) -> None:
+    """Sections copying a held-out answer or headed by a held-out question are not trained on; the sample is
+    seeded; too few sections for the hard negatives is a clear error."""
+    import pandas as pd
+
+    from rag_spark.config import TrainConfig
+    from rag_spark.retrieve.train import _usable_sections
+
+    answer = "Debian GNU/Linux est une distribution spécifique du système d'exploitation Linux disposant de paquets"
+    (tmp_path / "doc.md").write_text(
+        f"# Configurer le clavier\n\n{LONG}\n\n# Planifier des tâches\n\n{LONG} crontab\n\n"
+        f"# Une copie\n\nAvant. {answer} Après, {LONG}\n\n# Qu'est-ce que Debian ?\n\n{LONG} autre texte\n"
+    )
+    heldout_chunks = pd.DataFrame({"text": [answer]})
+    cfg = TrainConfig(section_docs=str(tmp_path))
+    kept = _usable_sections(cfg, heldout_chunks, {"Qu'est-ce que Debian ?"})
+    assert [s.heading for s in kept] == ["Configurer le clavier", "Planifier des tâches"]
+    unguarded = _usable_sections(cfg.model_copy(update={"exclude_heldout_docs": False}), heldout_chunks, set())
+    assert len(unguarded) == 4
+    sample = _usable_sections(
+        cfg.model_copy(update={"section_pairs": 2, "exclude_heldout_docs": False}), heldout_chunks, set()
+    )
+    assert len(sample) == 2 and sample == _usable_sections(
+        cfg.model_copy(update={"section_pairs": 2, "exclude_heldout_docs": False}), heldout_chunks, set()
+    )
+    with pytest.raises(ValueError, match=r"train.section_docs: 2 usable sections .*hard_negatives=2"):
+        _usable_sections(cfg.model_copy(update={"hard_negatives": 2}), heldout_chunks, {"Qu'est-ce que Debian ?"})
+
+
+def test_section_negatives_are_other_sections_the_model_ranks_high() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from rag_spark.config import PACKAGED_MINILM, TrainConfig
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.retrieve.sections import Section
+    from rag_spark.retrieve.train import _section_negatives
+
+    texts = {
+        "Install a package": "Use apt install NAME to install a package and its dependencies from the archive.",
+        "Remove a package": "Use apt remove NAME to remove a package; apt purge also deletes its configuration.",
+        "Keyboard layout": "Run dpkg-reconfigure keyboard-configuration to choose the console keyboard layout.",
+        "Printer setup": "CUPS manages printers; its web interface listens on port 631 of the local machine.",
+    }
+    sections = [Section(f"s{i}", "/docs", "a.md", h, t) for i, (h, t) in enumerate(texts.items())]
+    model = SentenceTransformer(resolve_encoder(PACKAGED_MINILM), device="cpu")
+    cfg = TrainConfig(hard_negatives=1, negatives_skip=0)
+    negs = _section_negatives(model, "", "", sections, cfg)
+    assert all(len(n) == 1 and i not in n for i, n in enumerate(negs))
+    assert negs[0] == [1]  # installing is closest to removing a package, not to printers
+    three = cfg.model_copy(update={"hard_negatives": 3})
+    assert _section_negatives(model, "", "", sections, three) == _section_negatives(model, "", "", sections, three)
+    assert all(
+        sorted(n) == sorted(set(range(4)) - {i})
+        for i, n in enumerate(_section_negatives(model, "", "", sections, cfg.model_copy(update={"hard_negatives": 3})))
+    )

@@ -232,6 +232,12 @@ def _usable_sections(cfg: TrainConfig, heldout_chunks: pd.DataFrame, heldout_que
     rng = np.random.default_rng(cfg.seed)
     if len(kept) > cfg.section_pairs:
         kept = [kept[i] for i in sorted(rng.choice(len(kept), cfg.section_pairs, replace=False))]
+    if len(kept) <= cfg.hard_negatives:  # a section's negatives are other sections
+        raise ValueError(
+            f"train.section_docs: {len(kept)} usable sections under {cfg.section_docs} ({dropped} overlap held-out "
+            f"documents or questions; train.section_pairs={cfg.section_pairs}); need more than "
+            f"train.hard_negatives={cfg.hard_negatives}"
+        )
     log.info(
         "train: %d section pairs from %s (%d sections, %d dropped: they overlap held-out documents or questions)",
         len(kept),
@@ -257,7 +263,7 @@ def _section_negatives(model: Any, qp: str, pp: str, sections: list[Section], cf
         order = np.argsort(-(q @ passages.T), axis=1)[:, : cfg.negatives_depth + 1]
         for i, row in enumerate(order, start):
             neg = [int(j) for j in row if j != i][cfg.negatives_skip :][: cfg.hard_negatives]
-            while len(neg) < min(cfg.hard_negatives, len(sections) - 1):
+            while len(neg) < cfg.hard_negatives:
                 j = rnd.randrange(len(sections))
                 if j != i and j not in neg:
                     neg.append(j)
