@@ -183,13 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         if base_row not in variants:  # the torch export of e5: its own base row, same engine as the tuned one
             st = {**st_embed, "model": meta["base_model"]}
             variants[base_row] = variant(base, embed=st, retrieve={"retriever": "dense"})
+        # A model trained with section pairs (train.section_docs) is named apart, and compared with the same base
+        # trained without them when both are given.
+        with_sections = meta["pairs"].get("section", 0) > 0
+        tuned = f"{label} fine-tuned" + (" + section pairs" if with_sections else "")
         ft = {**st_embed, "model": str(folder.resolve())}
-        variants[f"dense {label} fine-tuned"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
-        variants[f"hybrid {label} fine-tuned + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
-        named_pairs += [
-            (f"dense {label} fine-tuned", base_row),
-            (f"hybrid {label} fine-tuned + bm25 (rrf)", base_hybrid),
-        ]
+        variants[f"dense {tuned}"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
+        variants[f"hybrid {tuned} + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
+        named_pairs += [(f"dense {tuned}", base_row), (f"hybrid {tuned} + bm25 (rrf)", base_hybrid)]
+        if with_sections:
+            named_pairs += [
+                (f"dense {tuned}", f"dense {label} fine-tuned"),
+                (f"hybrid {tuned} + bm25 (rrf)", f"hybrid {label} fine-tuned + bm25 (rrf)"),
+            ]
     if args.only:
         keep = {s.strip() for s in args.only.split(",")}
         variants = {k: v for k, v in variants.items() if k in keep}
