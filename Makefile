@@ -1,6 +1,6 @@
 # rag-spark — every target installs what it needs (idempotent) from the repo's own files.
 #   make demo   the whole pipeline on the embedded demo data -> reports/demo/report.html
-#   make test   the test suite without the `slow` and `cluster` tests (about a quarter of an hour here)
+#   make test   the test suite without the `slow` and `cluster` tests (6 minutes of tests here)
 #   make test-slow  the `slow` and `cluster` tests (whole pipelines, real clusters, injected faults); CI runs both
 SHELL := /bin/bash
 PYTHON ?= python3
