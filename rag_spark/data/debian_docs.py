@@ -13,7 +13,7 @@ Layout::
 Packages (Debian main; DocBook or Sphinx HTML): `debian-reference-fr` (Debian Reference), `debian-handbook` (its
 `fr-FR` pages only: the package holds 20 languages), `maint-guide-fr` (New Maintainers' Guide),
 `developers-reference-fr` (Developer's Reference). Fetched with ``apt-get download`` + ``dpkg -x`` into the cache
-like the FAQ (`rag_spark.data.debian_faq`); the folder is written next to its final place and renamed.
+like the FAQ (`rag_spark.data.debian_faq.extract_deb`); the folder is written next to its final place and renamed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rag_spark.data.debian_faq import check_command, download_deb, run_command
+from rag_spark.data.debian_faq import download_deb, extract_deb, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "maint-guide-fr": ("usr/share/doc/maint-guide-fr/html", "*.fr.html"),
     "developers-reference-fr": ("usr/share/developers-reference/fr", "*.html"),
 }
-
-
-def _extract(deb: Path, dest: Path) -> None:
-    shutil.rmtree(dest, ignore_errors=True)
-    cmd = ["dpkg", "-x", str(deb), str(dest)]
-    check_command(run_command(cmd), cmd)
 
 
 def _version(deb: Path) -> str | None:
@@ -76,11 +70,10 @@ def prepare_debian_docs(out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     notices = []
     for pkg, (inner, pattern) in PACKAGES.items():
         root = cache_dir / f"root-{pkg}"
-        if not (root / inner).is_dir():
-            _extract(debs[pkg], root)
         pages = sorted((root / inner).glob(pattern))
         if not pages:
-            raise RuntimeError(f"{debs[pkg].name} holds no {inner}/{pattern}")
+            extract_deb(debs[pkg], root, inner, pattern)
+            pages = sorted((root / inner).glob(pattern))
         (staging / pkg).mkdir()
         for page in pages:
             data = page.read_bytes()

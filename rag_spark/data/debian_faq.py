@@ -129,18 +129,26 @@ def ensure_faq_dir(cache_dir: Path) -> Path:
         logger.info("reusing the extracted Debian FAQ at %s", faq_dir)
         return faq_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
-    deb = download_deb(cache_dir)
-    # Extract next to the final folder and rename, so an interrupted run never looks like a complete one.
-    staging = cache_dir / "root.partial"
+    extract_deb(download_deb(cache_dir), root, FAQ_SUBDIR, "*.fr.html")
+    return faq_dir
+
+
+def extract_deb(deb: Path, root: Path, inner: str | Path, pattern: str) -> None:
+    """``dpkg -x`` of `deb` into `root`, which must then hold `inner`/`pattern` files. Extracted next to `root` and
+    renamed, so an interrupted run never looks like a complete one.
+
+    Raises:
+        RuntimeError: ``dpkg`` failed, or the package holds no such file (`root` is then left as it was).
+    """
+    staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = ["dpkg", "-x", str(deb), str(staging)]
     check_command(run_command(cmd), cmd)
-    if not _faq_html_files(staging / FAQ_SUBDIR):
-        raise RuntimeError(f"{deb.name} holds no {FAQ_SUBDIR}/*.fr.html")
+    if not any((staging / inner).glob(pattern)):
+        raise RuntimeError(f"{deb.name} holds no {inner}/{pattern}")
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     logger.info("extracted %s to %s", deb.name, root)
-    return faq_dir
 
 
 def faq_package_version(faq_dir: Path) -> str | None:
