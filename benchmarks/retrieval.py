@@ -39,7 +39,7 @@ os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 from rag_spark import schema as S  # noqa: E402
 from rag_spark.config import PACKAGED_E5_TORCH, PACKAGED_MINILM, PipelineConfig, load_config  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
-from rag_spark.evaluate.run import effective_qrels  # noqa: E402
+from rag_spark.evaluate.run import lake_qrels  # noqa: E402
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
 from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
 from rag_spark.retrieve.dense import collapse_to_documents  # noqa: E402
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     lake = p0.lake
     queries = lake.read(S.QUERIES).toPandas()
     heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
-    qrels = effective_qrels(
-        lake.read(S.QRELS).toPandas(), lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    )
+    qrels = lake_qrels(lake)
     qrels = qrels[qrels["query_id"].isin(heldout)]
     questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
     log.info("%d held-out questions of %d (split seed %d)", len(questions), len(queries), base.splits.seed)

@@ -32,6 +32,7 @@ from rag_spark.clean.normalize import clean_documents, language_counts, rule_cou
 from rag_spark.config import PipelineConfig
 from rag_spark.dedup import AccountingError, resolve_duplicates
 from rag_spark.embed.models import chunk_tokenizer, model_id
+from rag_spark.generate.prompts import context_text, context_text_column
 from rag_spark.ingest.documents import PreviousIngest, collect
 from rag_spark.ingest.qa import read_answers, read_qrels, read_queries
 from rag_spark.ingest.state import describe
@@ -688,7 +689,7 @@ class Pipeline:
         ctx = (
             retrievals.where(F.col("rank") <= gcfg.context_chunks)
             .join(chunks.select("chunk_id", "title", "text"), "chunk_id")
-            .withColumn("context_text", F.concat_ws("\n", F.coalesce("title", F.lit("")), "text"))
+            .withColumn("context_text", context_text_column())
             .groupBy("query_id")
             .agg(F.sort_array(F.collect_list(F.struct("rank", "chunk_id", "context_text"))).alias("ctx"))
         )
@@ -840,7 +841,7 @@ class Pipeline:
             texts_by_id: dict[str, str] = {}
             if wanted:
                 for row in chunks.where(F.col("chunk_id").isin(wanted)).select("chunk_id", "title", "text").collect():
-                    texts_by_id[row.chunk_id] = "\n".join([row.title or "", row.text])
+                    texts_by_id[row.chunk_id] = context_text(row.title, row.text)
             ctx_ids = {q: list(g["chunk_id"]) for q, g in top.groupby("query_id")}
             column = np.empty(len(qids), dtype=object)
             column_texts = np.empty(len(qids), dtype=object)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,26 @@ os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 TINY = Path(__file__).parent / "data" / "tiny"
+# The shared session's per-config SQL settings as the `spark` fixture set them. A test that builds a pipeline from a
+# default SparkConfig resets them on the shared session (getOrCreate applies a builder's settings to the running
+# session, as on a cluster); `_restore_shared_spark_conf` puts them back after each test.
+_SHARED_CONF: dict[str, str] = {}
+_PER_CONFIG_KEYS = ("spark.sql.shuffle.partitions", "spark.databricks.delta.snapshotPartitions")
+
+
+@pytest.fixture(autouse=True)
+def _restore_shared_spark_conf() -> Iterator[None]:
+    yield
+    if not _SHARED_CONF or "pyspark.sql" not in sys.modules:
+        return
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is None:
+        return
+    for key, value in _SHARED_CONF.items():
+        if session.conf.get(key) != value:
+            session.conf.set(key, value)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +56,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
             conf={"spark.sql.warehouse.dir": str(warehouse)},
         )
     )
+    _SHARED_CONF.update({key: str(session.conf.get(key)) for key in _PER_CONFIG_KEYS})
     yield session
+    _SHARED_CONF.clear()
     session.stop()
 
 

@@ -23,6 +23,8 @@ from rag_spark.generate.prompts import (
     NO_ANSWER,
     build_prompt,
     context_fingerprint,
+    context_text,
+    context_text_column,
     count_tokens,
     is_no_answer,
     parse_citations,
@@ -114,6 +116,18 @@ def test_context_fingerprint() -> None:
     assert fp != context_fingerprint(ids, [texts[0], "Debian\nDes paquets .deb."])
     assert fp != context_fingerprint(ids[::-1], texts[::-1])
     assert fp != context_fingerprint(ids[:1], texts[:1]) != context_fingerprint([], [])
+
+
+def test_context_text_is_one_rule_in_python_and_spark(spark) -> None:  # type: ignore[no-untyped-def]
+    """The generate stage builds a chunk's context text in Spark, `qa` in Python: the fingerprints they store must
+    agree, so both texts must be equal, title missing or not."""
+    rows = [("c1", "Debian", "Des paquets."), ("c2", None, "Sans titre."), ("c3", "", "Titre vide.")]
+    df = spark.createDataFrame(rows, "chunk_id string, title string, text string")
+    built = {
+        r.chunk_id: r.context_text for r in df.select("chunk_id", context_text_column().alias("context_text")).collect()
+    }
+    assert built == {cid: context_text(title, text) for cid, title, text in rows}
+    assert built["c1"] == "Debian\nDes paquets." and built["c2"] == "\nSans titre."
 
 
 def test_parse_citations() -> None:

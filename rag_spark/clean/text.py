@@ -12,6 +12,14 @@ import trafilatura
 from bs4 import BeautifulSoup
 
 UnicodeForm = Literal["NFC", "NFKC"]
+# HTML elements whose boundaries separate words (inline ones such as code, em, a must not add spaces); shared by the
+# page splitters that walk HTML themselves (the Debian FAQ's sections, documentation sections for train-retriever).
+BLOCK_TAGS = frozenset(
+    {
+        "p", "div", "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "td", "th",
+        "blockquote", "br", "hr", "section", "article", "h1", "h2", "h3", "h4", "h5", "h6",
+    }
+)  # fmt: skip
 _DROP_TAGS = ("script", "style", "noscript", "template", "nav", "header", "footer", "form", "iframe", "svg")
 # Control characters except tab/newline, zero-width characters and the BOM.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")

@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rag_spark.data.debian_faq import download_deb, extract_deb, run_command
+from rag_spark.data.debian_faq import deb_version, download_deb, extract_deb
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,6 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "maint-guide-fr": ("usr/share/doc/maint-guide-fr/html", "*.fr.html"),
     "developers-reference-fr": ("usr/share/developers-reference/fr", "*.html"),
 }
-
-
-def _version(deb: Path) -> str | None:
-    proc = run_command(["dpkg-deb", "-f", str(deb), "Version"])
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.strip() or None
 
 
 def prepare_debian_docs(out_dir: Path, cache_dir: Path) -> dict[str, Any]:
@@ -56,7 +49,7 @@ def prepare_debian_docs(out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     out_dir, cache_dir = Path(out_dir), Path(cache_dir).resolve() / "debian-docs"
     cache_dir.mkdir(parents=True, exist_ok=True)
     debs = {pkg: download_deb(cache_dir, pkg) for pkg in PACKAGES}
-    versions = {pkg: _version(deb) for pkg, deb in debs.items()}
+    versions = {pkg: deb_version(deb) for pkg, deb in debs.items()}
     index = out_dir / "docs.json"
     if index.is_file():
         current = json.loads(index.read_text())

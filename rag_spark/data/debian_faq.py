@@ -18,6 +18,8 @@ from pathlib import Path
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 from bs4.element import NavigableString, PageElement, Tag
 
+from rag_spark.clean.text import BLOCK_TAGS
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "debian-faq-fr"
@@ -32,11 +34,6 @@ _HEADING_NUMBER = re.compile(r"^\d+(?:\.\d+)*\.?\s*")
 _CHAPTER_PREFIX = re.compile(r"^Chapitre\s+(\d+)\.\s*")
 _COMPLETE_ENDINGS = (".", "!", "?", "…", ")", "»", '"')
 _SENTENCE_END = re.compile(r"[.!?…](?=\s|$)")
-# Elements whose boundaries separate words; inline ones (code, em, a) must not add spaces.
-_BLOCK_TAGS = (
-    "p", "div", "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "td", "th",
-    "blockquote", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -163,13 +160,18 @@ def faq_package_version(faq_dir: Path) -> str | None:
     """
     faq_dir = Path(faq_dir)
     if faq_dir == SYSTEM_FAQ_DIR:
-        cmd = ["dpkg-query", "-W", "-f=${Version}", PACKAGE]
-    else:
-        # faq_dir is <cache_dir>/root/usr/share/doc/debian/FAQ/fr; the .deb sits in <cache_dir>.
-        debs = sorted(faq_dir.parents[6].glob(f"{PACKAGE}_*.deb")) if len(faq_dir.parents) > 6 else []
-        if not debs:
-            return None
-        cmd = ["dpkg-deb", "-f", str(debs[-1]), "Version"]
+        return _command_output(["dpkg-query", "-W", "-f=${Version}", PACKAGE])
+    # faq_dir is <cache_dir>/root/usr/share/doc/debian/FAQ/fr; the .deb sits in <cache_dir>.
+    debs = sorted(faq_dir.parents[6].glob(f"{PACKAGE}_*.deb")) if len(faq_dir.parents) > 6 else []
+    return deb_version(debs[-1]) if debs else None
+
+
+def deb_version(deb: Path) -> str | None:
+    """The ``Version`` field of a ``.deb`` file, or None when dpkg-deb is missing or cannot read it."""
+    return _command_output(["dpkg-deb", "-f", str(deb), "Version"])
+
+
+def _command_output(cmd: list[str]) -> str | None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -211,7 +213,7 @@ def html_to_text(html: str) -> str:
 def _block_text(node: Tag | str) -> str:
     # Parse a copy: inserting separators must not change the caller's tree.
     soup = BeautifulSoup(node if isinstance(node, str) else str(node), "lxml")
-    for tag in soup.find_all(_BLOCK_TAGS):
+    for tag in soup.find_all(sorted(BLOCK_TAGS)):
         tag.insert_before(NavigableString("\n"))
         tag.insert_after(NavigableString("\n"))
     return soup.get_text()

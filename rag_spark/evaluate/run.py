@@ -25,9 +25,11 @@ from rag_spark.evaluate.answers import (
 )
 from rag_spark.evaluate.retrieval import latency_percentiles, per_query_metrics
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison
+from rag_spark.generate.prompts import context_text_column
 
 if TYPE_CHECKING:
     from rag_spark.config import PipelineConfig
+    from rag_spark.lake import Lake
     from rag_spark.pipeline import Pipeline, StageResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ def effective_qrels(qrels: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFra
     moved = qrels.merge(duplicates[["doc_id", "duplicate_of"]], on="doc_id")
     moved = moved.drop(columns="doc_id").rename(columns={"duplicate_of": "doc_id"})
     return pd.concat([qrels, moved[qrels.columns]]).drop_duplicates(["query_id", "doc_id"])
+
+
+def lake_qrels(lake: Lake, qrels: DataFrame | None = None) -> pd.DataFrame:
+    """The lake's qrels (or `qrels`, a read of them pinned to a version) as pandas, through `effective_qrels` with
+    the lake's `duplicates` table."""
+    qrels = lake.read(S.QRELS) if qrels is None else qrels
+    return effective_qrels(to_pandas(qrels), to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of")))
 
 
 def _counts(p: Pipeline, inputs: dict[str, int]) -> dict[str, int]:
@@ -208,9 +217,7 @@ def _contexts(p: Pipeline, gh: str) -> pd.DataFrame:
         .where(F.col("config_hash") == gh)
         .select("query_id", F.explode("context_chunk_ids").alias("chunk_id"))
     )
-    chunks = p.lake.read(S.CHUNKS).select(
-        "chunk_id", "doc_id", F.concat_ws("\n", F.coalesce("title", F.lit("")), "text").alias("text")
-    )
+    chunks = p.lake.read(S.CHUNKS).select("chunk_id", "doc_id", context_text_column().alias("text"))
     return to_pandas(used.join(chunks, "chunk_id").select("query_id", "chunk_id", "doc_id", "text"))
 
 
@@ -251,9 +258,8 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
     boot: dict[str, Any] = {"samples": ecfg.bootstrap_samples, "seed": ecfg.seed}
     rh, gh, eh = cfg.stage_hash("retrieve"), cfg.stage_hash("generate"), cfg.stage_hash("evaluate")
     retrievals = to_pandas(p._read(S.RETRIEVALS, res.inputs).where(F.col("config_hash") == rh))
-    qrels = to_pandas(p._read(S.QRELS, res.inputs))
+    qrels = lake_qrels(lake, p._read(S.QRELS, res.inputs))
     queries = to_pandas(p._read(S.QUERIES, res.inputs).select("query_id"))
-    dups = to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of"))
     gold = to_pandas(lake.read(S.GOLD_ANSWERS))
     answer_cols = ["query_id", "answer", "cited_chunk_ids", "context_chunk_ids", "tokens_out", "config_hash"]
     all_answers = (
@@ -275,8 +281,7 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
         baseline = baseline[baseline["query_id"].isin(scope)]
 
     # Retrieval, over every judged question (a question with nothing retrieved scores 0).
-    eq = effective_qrels(qrels, dups)
-    per_q = per_query_metrics(eq, retrievals, ecfg.ks, ecfg.ndcg_k)
+    per_q = per_query_metrics(qrels, retrievals, ecfg.ks, ecfg.ndcg_k)
     lat = (
         retrievals.groupby("query_id", as_index=False)["latency_ms"].first()
         if len(retrievals)
@@ -295,7 +300,7 @@ def evaluate_run(p: Pipeline, res: StageResult) -> dict[str, Any]:
 
     # Answers.
     lang = cfg.generate.language
-    relevant = eq[eq["score"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
+    relevant = qrels[qrels["score"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
     retrieved = retrievals.groupby("query_id")["chunk_id"].apply(list).to_dict() if len(retrievals) else {}
     contexts = _contexts(p, gh) if len(answers) else pd.DataFrame(columns=["query_id", "chunk_id", "doc_id", "text"])
     scored = score_answers(gold, answers, contexts, relevant, retrieved, lang)

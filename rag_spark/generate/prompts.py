@@ -224,6 +224,20 @@ def is_no_answer(answer: str) -> bool:
     return norm in {v.strip(".").lower() for v in NO_ANSWER.values()}
 
 
+def context_text(title: str | None, text: str) -> str:
+    """The text a chunk brings to a prompt's context: its title, a newline, its text. The generate stage (as
+    `context_text_column`), `qa` and the evaluation's groundedness all use this one rule, so an answer's context
+    fingerprint does not depend on which of them built it."""
+    return f"{title or ''}\n{text}"
+
+
+def context_text_column(title: str = "title", text: str = "text") -> Any:
+    """`context_text` as a Spark column expression over the `title` and `text` columns."""
+    from pyspark.sql import functions as F
+
+    return F.concat_ws("\n", F.coalesce(F.col(title), F.lit("")), F.col(text))
+
+
 def context_fingerprint(chunk_ids: Sequence[str], texts: Sequence[str]) -> str:
     """Fingerprint of the context a question is answered from: its chunk ids and their texts (title + text), in
     rank order. An answer stored with another fingerprint was given another context (a document changed, or the

@@ -19,7 +19,7 @@ from rag_spark import schema as S
 from rag_spark.config import PipelineConfig, load_config_dict
 from rag_spark.evaluate.answers import is_abstention, strip_citations, token_f1
 from rag_spark.evaluate.retrieval import at_k_curve
-from rag_spark.evaluate.run import effective_qrels, to_pandas
+from rag_spark.evaluate.run import lake_qrels, to_pandas
 from rag_spark.evaluate.stats import paired_comparison
 from rag_spark.lake import Lake
 from rag_spark.report.inputs import CaseStudy, ReportInputs
@@ -299,9 +299,7 @@ def assemble_run(lake: Lake, run_id: str, read: dict[str, int] | None = None) ->
     runs = _compared_runs(lake, main)
 
     queries = to_pandas(lake.read(S.QUERIES))
-    qrels = effective_qrels(
-        to_pandas(lake.read(S.QRELS)), to_pandas(lake.read(S.DUPLICATES).select("doc_id", "duplicate_of"))
-    )
+    qrels = lake_qrels(lake)
     relevant = qrels[qrels["score"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
     gold = to_pandas(lake.read(S.GOLD_ANSWERS))
     hashes = {rec.run_id: (rec.cfg.stage_hash("retrieve"), rec.cfg.stage_hash("generate")) for rec in runs}

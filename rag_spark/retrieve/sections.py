@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag_spark.clean.text import BLOCK_TAGS
 from rag_spark.ingest.decode import decode_bytes
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _SKIP = {"script", "style", "nav", "header", "footer", "head", "noscript", "template"}
-_BLOCKS = {"p", "div", "li", "pre", "tr", "td", "th", "dd", "dt", "br", "table", "ul", "ol", "dl", "section", "article"}
 _NUMBERING = re.compile(
     r"^(?:(?:chapitre|chapter|annexe|appendix|partie|part|section)\s+)?(?:[A-Z]|[IVXLC]+|\d+)?(?:\.\d+)*\.?\s+",
     re.IGNORECASE,
@@ -88,13 +88,13 @@ def _html_sections(html: str) -> list[tuple[str, str]]:
             flush()
             heading = clean_heading(el.text_content())  # type: ignore[attr-defined]
         else:
-            if tag in _BLOCKS:
+            if tag in BLOCK_TAGS:
                 buf.append(" ")
             if el.text:  # type: ignore[attr-defined]
                 buf.append(el.text)  # type: ignore[attr-defined]
             for child in el:  # type: ignore[attr-defined]
                 walk(child)
-            if tag in _BLOCKS:
+            if tag in BLOCK_TAGS:
                 buf.append(" ")
         if el.tail:  # type: ignore[attr-defined]
             buf.append(el.tail)  # type: ignore[attr-defined]

@@ -274,16 +274,14 @@ def _section_negatives(model: Any, qp: str, pp: str, sections: list[Section], cf
 def train_retriever(p: Pipeline) -> TrainResult:
     """Builds the training set, fine-tunes `train.base_model`, saves it (see the module docstring)."""
     from rag_spark.embed.models import resolve_encoder
-    from rag_spark.evaluate.run import effective_qrels
+    from rag_spark.evaluate.run import lake_qrels
 
     cfg, lake = p.cfg.train, p.lake
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     inputs: dict[str, int] = {}
     queries: pd.DataFrame = p._read(S.QUERIES, inputs).toPandas()  # type: ignore[assignment]
-    qrels = effective_qrels(
-        p._read(S.QRELS, inputs).toPandas(), lake.read(S.DUPLICATES).select("doc_id", "duplicate_of").toPandas()
-    )
+    qrels = lake_qrels(lake, p._read(S.QRELS, inputs))
     qrels = qrels[qrels["score"] > 0]
     chunks: pd.DataFrame = (
         p._read(S.CHUNKS, inputs).select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()  # type: ignore[assignment]
