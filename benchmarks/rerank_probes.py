@@ -50,7 +50,8 @@ from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
 from rag_spark.evaluate.run import lake_qrels  # noqa: E402
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
 from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
-from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
+from rag_spark.retrieve.dense import collapse_to_documents  # noqa: E402
+from rag_spark.retrieve.retrievers import ChunkHit, search_queries  # noqa: E402
 from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
 
 log = logging.getLogger("bench.rerank_probes")
@@ -58,13 +59,10 @@ BLENDS = (0.0, 0.3, 0.5, 0.7)
 MAX_LENGTH = 256
 
 
-def doc_run(ranked: dict[str, list[int]], doc_of: dict[int, str], k: int = 10) -> pd.DataFrame:
-    """Chunk keys in rank order -> each document's best rank (the retrieve stage's collapse), top k."""
-    rows = []
-    for qid, keys in ranked.items():
-        docs = list(dict.fromkeys(doc_of[key] for key in keys))[:k]
-        rows += [(qid, doc, rank) for rank, doc in enumerate(docs, 1)]
-    return pd.DataFrame(rows, columns=["query_id", "doc_id", "rank"])
+def doc_run(p: Pipeline, ranked: dict[str, list[int]], chunks: Any, k: int = 10) -> pd.DataFrame:
+    """Chunk keys in rank order -> the top-k documents per question, through the retrieve stage's collapse."""
+    hits = [ChunkHit(qid, rank, key, 0.0, 0.0) for qid, keys in ranked.items() for rank, key in enumerate(keys, 1)]
+    return collapse_to_documents(p._hits_frame(hits), chunks, k).select("query_id", "doc_id", "rank").toPandas()
 
 
 def blended(scores: dict[str, tuple[list[int], np.ndarray]], hits: dict[str, list[int]], blend: float, top_n: int):
@@ -194,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
 
     res = StageResult("benchmark")
+    chunks_df = p._read(S.CHUNKS, res.inputs)
     hits: dict[str, list[int]] = {}
     train_hits: dict[str, list[int]] = {}
-    with p._retriever(p._read(S.CHUNKS, res.inputs), res) as retriever:
+    with p._retriever(chunks_df, res) as retriever:
         for h in search_queries(questions, retriever, args.top_n * base.retrieve.chunk_headroom):
             hits.setdefault(h.query_id, []).append(h.chunk_key)
         for h in search_queries([(q, t) for q, t, _ in train], retriever, 4 * args.negatives):
             train_hits.setdefault(h.query_id, []).append(h.chunk_key)
-    hybrid = per_query_metrics(qrels, doc_run(hits, doc_of), [1, 5, 10], 10).set_index("query_id")
+    hybrid = per_query_metrics(qrels, doc_run(p, hits, chunks_df), [1, 5, 10], 10).set_index("query_id")
     log.info("hybrid: MRR@10 %.3f over %d held-out questions", hybrid["mrr@10"].mean(), len(hybrid))
 
     groups = []
@@ -218,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, tok, losses = train_cross_encoder(groups, text_of, args)
     train_seconds = time.perf_counter() - t0
-    import torch
-
     t0 = time.perf_counter()
     ce = {}
     with torch.no_grad():
@@ -231,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ce_seconds = time.perf_counter() - t0
     for label, scores in (("MaxSim e5-small (zero-shot)", ms), ("cross-encoder e5-small trained here", ce)):
         for blend in BLENDS:
-            run = doc_run(blended(scores, hits, blend, args.top_n), doc_of)
+            run = doc_run(p, blended(scores, hits, blend, args.top_n), chunks_df)
             pq = per_query_metrics(qrels, run, [1, 5, 10], 10).set_index("query_id")
             rows.append({"name": f"hybrid + {label}" + (f" (blend {blend:g})" if blend else ""), **summary(pq, hybrid)})
             log.info("%s: MRR@10 %.3f", rows[-1]["name"], rows[-1]["mrr@10"])

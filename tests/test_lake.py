@@ -77,17 +77,13 @@ def test_a_table_from_an_older_schema_gains_new_nullable_columns_on_merge(spark,
 def test_delta_state_is_rebuilt_in_the_sessions_partitions(spark) -> None:  # type: ignore[no-untyped-def]
     # build_spark sizes Delta's state reconstruction to spark.shuffle_partitions, not Delta's 50 tasks for every
     # small-table read and commit; spark.delta_snapshot_partitions overrides it. On the running session (what
-    # getOrCreate returns) the settings apply as runtime confs; the session's own values are restored after.
+    # getOrCreate returns) the settings apply as runtime confs; conftest's `_restore_shared_spark_conf` puts the
+    # shared session's own values back after the test.
     from rag_spark.config import SparkConfig
     from rag_spark.spark import build_spark
 
     keys = ("spark.sql.shuffle.partitions", "spark.databricks.delta.snapshotPartitions")
-    before = {k: spark.conf.get(k) for k in keys}
-    try:
-        same = build_spark(SparkConfig(master="local[2]", shuffle_partitions=3))
-        assert same is spark and [spark.conf.get(k) for k in keys] == ["3", "3"]
-        build_spark(SparkConfig(master="local[2]", shuffle_partitions=3, delta_snapshot_partitions=5))
-        assert [spark.conf.get(k) for k in keys] == ["3", "5"]
-    finally:
-        for k, v in before.items():
-            spark.conf.set(k, v)
+    same = build_spark(SparkConfig(master="local[2]", shuffle_partitions=3))
+    assert same is spark and [spark.conf.get(k) for k in keys] == ["3", "3"]
+    build_spark(SparkConfig(master="local[2]", shuffle_partitions=3, delta_snapshot_partitions=5))
+    assert [spark.conf.get(k) for k in keys] == ["3", "5"]
