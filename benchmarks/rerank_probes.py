@@ -233,39 +233,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"name": f"hybrid + {label}" + (f" (blend {blend:g})" if blend else ""), **summary(pq, hybrid)})
             log.info("%s: MRR@10 %.3f", rows[-1]["name"], rows[-1]["mrr@10"])
 
-    lines = [
+    header = [
         f"Held-out questions: {len(questions)}; reranked: the hybrid's top {args.top_n} chunks; cross-encoder trained "
         f"on {len(groups)} training questions of {args.pairs_model} x (1 positive + {args.negatives} hybrid "
         f"negatives), {args.epochs} epoch(s), {train_seconds / 60:.1f} min on {len(os.sched_getaffinity(0))} CPUs "
         f"(loss every 10 steps: {[loss for _, loss in losses]}; ln({args.negatives + 1}) = "
         f"{math.log(args.negatives + 1):.3f} is chance). Scoring the held-out questions: MaxSim {ms_seconds:.0f} s, "
         f"cross-encoder {ce_seconds:.0f} s.",
-        "",
-        "| reranker | MRR@10 [95% CI] | R@1 | R@5 | R@10 | paired vs hybrid [95% CI], p, wins/losses |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        c = r["vs_hybrid"]
-        lines.append(
-            f"| {r['name']} | {r['mrr@10']:.3f} [{r['mrr@10_ci95'][0]:.3f}, {r['mrr@10_ci95'][1]:.3f}] | "
-            f"{r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | "
-            f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], p={c['p']:.3g}, {c['wins']}/{c['losses']} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "training": {"groups": len(groups), "losses": losses, "seconds": train_seconds},
-                "args": {k: str(v) for k, v in vars(args).items()},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    extra = {
+        "training": {"groups": len(groups), "losses": losses, "seconds": train_seconds},
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    write_results(args.out, header, rows, extra, first_column="reranker")
     return 0
 
 
@@ -275,6 +255,34 @@ def summary(pq: pd.DataFrame, hybrid: pd.DataFrame) -> dict[str, Any]:
     out["mrr@10_ci95"] = list(bootstrap_ci(mrr, seed=0))
     out["vs_hybrid"] = paired_comparison(mrr, hybrid.loc[pq.index, "mrr@10"].to_numpy(), seed=0).as_dict()
     return out
+
+
+def write_results(
+    out: Path, header: list[str], rows: list[dict[str, Any]], extra: dict[str, Any], first_column: str = "retriever"
+) -> None:
+    """Prints the rows (summary() + name; the first is the hybrid the others are compared with) as a markdown table
+    under `header` and writes <out>.md and <out>.json."""
+    lines = [
+        *header,
+        "",
+        f"| {first_column} | MRR@10 [95% CI] | R@1 | R@5 | R@10 | paired vs hybrid [95% CI], p, wins/losses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows):
+        c = r["vs_hybrid"]
+        paired = (
+            f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], p={c['p']:.3g}, {c['wins']}/{c['losses']}"
+        )
+        paired = "(the reference)" if i == 0 else paired
+        lines.append(
+            f"| {r['name']} | {r['mrr@10']:.3f} [{r['mrr@10_ci95'][0]:.3f}, {r['mrr@10_ci95'][1]:.3f}] | "
+            f"{r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {paired} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, **extra}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -762,26 +762,30 @@ class Pipeline:
             )
             todo = part if todo is None else todo.unionByName(part)
         assert todo is not None
-        counts = {h: 0 for h, _ in variants}
-        changed = 0
-        for r in todo.groupBy("config_hash", "_changed").count().collect():
-            counts[r["config_hash"]] += int(r["count"])
-            changed += int(r["count"]) if r["_changed"] else 0
-        res.info["context_changed"] = changed
-        if changed:
-            log.info("generate: %d questions are answered again: their context changed", changed)
-        if not any(counts.values()):
-            return counts
-        todo = todo.drop("_changed")
-        from rag_spark.raycluster import generate_with_ray
+        # Counted, then staged: cached so the context fingerprints are computed once.
+        todo = todo.cache()
+        try:
+            counts = {h: 0 for h, _ in variants}
+            changed = 0
+            for r in todo.groupBy("config_hash", "_changed").count().collect():
+                counts[r["config_hash"]] += int(r["count"])
+                changed += int(r["count"]) if r["_changed"] else 0
+            res.info["context_changed"] = changed
+            if changed:
+                log.info("generate: %d questions are answered again: their context changed", changed)
+            if not any(counts.values()):
+                return counts
+            from rag_spark.raycluster import generate_with_ray
 
-        with self._staged(todo, "generate") as (staged_in, staged_out):
-            generate_with_ray(staged_in, staged_out, self.cfg)
-            # config_hash came through the actors with each row (AnswerBatch passes extra columns on).
-            new = self.lake.read_staging(staged_out).withColumn("run_id", F.lit(self.run_id))
-            # Resumable: current answers of each config stay; new questions are added, stale ones replaced.
-            res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
-        return counts
+            with self._staged(todo.drop("_changed"), "generate") as (staged_in, staged_out):
+                generate_with_ray(staged_in, staged_out, self.cfg)
+                # config_hash came through the actors with each row (AnswerBatch passes extra columns on).
+                new = self.lake.read_staging(staged_out).withColumn("run_id", F.lit(self.run_id))
+                # Resumable: current answers of each config stay; new questions are added, stale ones replaced.
+                res.outputs["answers"] = self.lake.merge(S.ANSWERS, new, meta=self._meta("generate", res.inputs))
+            return counts
+        finally:
+            todo.unpersist()
 
     def qa(self, questions: str | None = None, limit: int | None = None) -> StageResult:
         """Batch QA: questions (a file, or the `queries` table) -> retrievals + answers, one bounded round at a time.
