@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars opensearch data debian-docs models browser postgres demo test test-slow test-all lint bench clean distclean
+.PHONY: install jars opensearch data data-en debian-docs models browser postgres demo test test-slow test-all lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -53,6 +53,13 @@ data/demo/dataset.json: $(VENV)/.installed
 	$(RAG) data prepare --out data/demo --cache .cache
 
 data: data/demo/dataset.json
+
+# The same dataset in English (Debian package debian-faq + English Wikipedia summaries) -> data/demo-en: the
+# retrievers measured on a second language (configs/demo-en.yaml).
+data/demo-en/dataset.json: $(VENV)/.installed
+	$(RAG) data prepare --language en --out data/demo-en --cache .cache
+
+data-en: data/demo-en/dataset.json
 
 # Debian's French documentation (4 Debian packages) -> data/debian-docs-fr: headings over sections, the training
 # data of `train.section_docs` (train-retriever only; not part of the demo's corpus).
@@ -110,4 +117,4 @@ clean:
 	rm -rf reports spark-warehouse metastore_db derby.log .pytest_cache
 
 distclean: clean
-	rm -rf $(VENV) .jars .opensearch .cache models data/demo
+	rm -rf $(VENV) .jars .opensearch .cache models data/demo data/demo-en

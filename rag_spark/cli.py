@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, default=Path("data/demo"))
     prep.add_argument("--cache", type=Path, default=Path(".cache"))
     prep.add_argument("--wiki-limit", type=int, default=None, help="keep only the first N Wikipedia summaries")
+    prep.add_argument(
+        "--language",
+        choices=["fr", "en"],
+        default="fr",
+        help="the FAQ's and Wikipedia's language: fr (the demo) or en (the same dataset in English)",
+    )
     prep.add_argument("--tiny", action="store_true", help="build the tiny test fixture instead")
     docs = data_sub.add_parser(
         "debian-docs", help="Debian's French documentation (4 packages) for train.section_docs (training only)"
@@ -301,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             from rag_spark.data.prepare import prepare_demo, prepare_tiny
 
+            if args.tiny and args.language != "fr":
+                raise ConfigError("data prepare --tiny: the tiny fixture is French only")
             info = (prepare_tiny if args.tiny else prepare_demo)(
-                args.out, args.cache, **({} if args.tiny else {"wiki_limit": args.wiki_limit})
+                args.out,
+                args.cache,
+                **({} if args.tiny else {"wiki_limit": args.wiki_limit, "language": args.language}),
             )
             print(json.dumps(info.get("counts", info), indent=2))
             return 0

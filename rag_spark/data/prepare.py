@@ -2,7 +2,7 @@
 
 Layout of a dataset folder::
 
-    docs/faq/<anchor>.html   one French Debian FAQ section per file (its question heading left out)
+    docs/faq/<anchor>.html   one Debian FAQ section per file (its question heading left out)
     corpus.jsonl             the Wikipedia haystack: {"_id": "wiki/123", "title": ..., "text": ...}
     queries.jsonl            {"_id": "faq-q/<anchor>", "text": <question heading>}
     qrels/test.tsv           query-id, corpus-id (a file's path relative to docs/), score
@@ -12,9 +12,13 @@ Layout of a dataset folder::
 
 Output is deterministic (same bytes on every run with the same sources) and replaces the folder atomically.
 
+The demo is French (the FAQ's French translation and French Wikipedia); `--language en` builds the same dataset
+from the English FAQ and English Wikipedia, to measure a configuration on a second language.
+
 Regenerate::
 
     python -m rag_spark.data.prepare demo --out data/demo
+    python -m rag_spark.data.prepare demo --language en --out data/demo-en
     python -m rag_spark.data.prepare tiny --out tests/data/tiny
 """
 
@@ -33,8 +37,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rag_spark.data.debian_faq import PACKAGE as FAQ_PACKAGE
 from rag_spark.data.debian_faq import (
+    EDITIONS,
+    FRENCH,
+    FaqEdition,
     FaqSection,
     ensure_faq_dir,
     faq_copyright_text,
@@ -52,7 +58,6 @@ from rag_spark.data.wiki import (
 
 logger = logging.getLogger(__name__)
 
-WIKI_LANG = "fr"
 DATASET_JSON = "dataset.json"
 FAQ_DOCS_DIR = "faq"  # under docs/
 QUERY_PREFIX = "faq-q/"
@@ -92,7 +97,11 @@ _FAQ_NOTICE_FALLBACK = """\
 """
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_FAQ_LINK = re.compile(r'href="[A-Za-z0-9_-]+\.fr\.html#([^"]+)"')
+LANGUAGE_NAMES = {"fr": "French", "en": "English"}
+
+
+def _faq_link(language: str) -> re.Pattern[str]:
+    return re.compile(rf'href="[A-Za-z0-9_-]+\.{language}\.html#([^"]+)"')
 
 
 def faq_doc_id(section: FaqSection) -> str:
@@ -113,28 +122,29 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _relink(body_html: str, anchors: set[str]) -> str:
+def _relink(body_html: str, anchors: set[str], language: str) -> str:
     # Cross-references point into the FAQ's chapter files; point them at the section files of this dataset.
     def repl(match: re.Match[str]) -> str:
         anchor = match.group(1)
         return f'href="{anchor}.html"' if anchor in anchors else match.group(0)
 
-    return _FAQ_LINK.sub(repl, body_html)
+    return _faq_link(language).sub(repl, body_html)
 
 
-def faq_document_html(section: FaqSection, anchors: set[str] | None = None) -> str:
+def faq_document_html(section: FaqSection, anchors: set[str] | None = None, language: str = "fr") -> str:
     """Render one FAQ section as a small standalone HTML document, without its heading.
 
     Args:
         section: The section.
         anchors: Anchors that get their own document; links to them are rewritten to ``<anchor>.html``.
+        language: The FAQ edition's language (the chapter files' infix, the document's ``lang``).
 
     Returns:
         ``<html>`` with the chapter as title and the section's own body.
     """
-    body = _relink(section.body_html, anchors or set())
+    body = _relink(section.body_html, anchors or set(), language)
     return (
-        f'<html lang="fr"><head><meta charset="utf-8"><title>{html.escape(section.chapter)}</title></head>'
+        f'<html lang="{language}"><head><meta charset="utf-8"><title>{html.escape(section.chapter)}</title></head>'
         f"<body>{body}</body></html>\n"
     )
 
@@ -143,7 +153,7 @@ def _wiki_record(doc: WikiDoc, doc_id: str | None = None) -> dict[str, str]:
     return {"_id": doc_id or doc.doc_id, "title": doc.title, "text": doc.text}
 
 
-def _faq_files(sections: Sequence[FaqSection]) -> dict[str, bytes]:
+def _faq_files(sections: Sequence[FaqSection], language: str = "fr") -> dict[str, bytes]:
     """Return docs/faq/*.html, queries.jsonl, qrels/test.tsv and answers.jsonl for the given sections."""
     anchors = {s.anchor for s in sections}
     lowered = {a.lower() for a in anchors}
@@ -153,7 +163,7 @@ def _faq_files(sections: Sequence[FaqSection]) -> dict[str, bytes]:
     for s in sections:
         if not _SAFE_NAME.fullmatch(s.anchor):
             raise ValueError(f"FAQ anchor {s.anchor!r} is not a safe file name")
-        files[f"docs/{faq_doc_id(s)}"] = faq_document_html(s, anchors).encode("utf-8")
+        files[f"docs/{faq_doc_id(s)}"] = faq_document_html(s, anchors, language).encode("utf-8")
     questions = [s for s in sections if s.is_question]
     files["queries.jsonl"] = _jsonl({"_id": faq_query_id(s), "text": s.heading} for s in questions)
     files["qrels/test.tsv"] = (
@@ -163,22 +173,26 @@ def _faq_files(sections: Sequence[FaqSection]) -> dict[str, bytes]:
     return files
 
 
-def _license_md(faq_dir: Path) -> bytes:
-    notice = faq_copyright_text(faq_dir)
+def _license_md(faq_dir: Path, edition: FaqEdition = FRENCH) -> bytes:
+    notice = faq_copyright_text(faq_dir, edition)
     if notice is None:
         logger.warning("no copyright file next to %s; using the notice of debian-faq-fr 11.1", faq_dir)
         notice = _FAQ_NOTICE_FALLBACK
+    language, lang = LANGUAGE_NAMES[edition.language], edition.language
+    package = edition.package
+    translation = ", French translation" if lang == "fr" else ""
+    selection = '("articles vitaux" level 4)' if lang == "fr" else "(vital articles)"
     text = f"""# Licenses of this dataset
 
 This dataset has two sources with different licenses. Files under `docs/faq/`, `queries.jsonl`,
-`qrels/test.tsv` and `answers.jsonl` come from the French Debian FAQ; `corpus.jsonl` comes from Wikipedia.
+`qrels/test.tsv` and `answers.jsonl` come from the {language} Debian FAQ; `corpus.jsonl` comes from Wikipedia.
 Other files under `docs/` (tiny fixture only) hold short excerpts of the Debian FAQ.
 
-## La FAQ Debian GNU/Linux (Debian package `{FAQ_PACKAGE}`)
+## {"La FAQ Debian GNU/Linux" if lang == "fr" else "The Debian GNU/Linux FAQ"} (Debian package `{package}`)
 
-The Debian GNU/Linux FAQ, French translation, copyright Software in the Public Interest (SPI).
+The Debian GNU/Linux FAQ{translation}, copyright Software in the Public Interest (SPI).
 Split into one file per section, headings removed, cross-reference links rewritten; the text is unchanged.
-The package's `copyright` file (`/usr/share/doc/{FAQ_PACKAGE}/copyright`) grants the following permission
+The package's `copyright` file (`/usr/share/doc/{package}/copyright`) grants the following permission
 notice (a verbatim-copying notice, not the GNU GPL), reproduced in full:
 
 ```
@@ -187,20 +201,20 @@ notice (a verbatim-copying notice, not the GNU GPL), reproduced in full:
 
 ## Wikipedia (via the PyPI package `{WIKI_DISTRIBUTION}`)
 
-Lead sections of French Wikipedia articles ("articles vitaux" level 4), as collected by the package
+Lead sections of {language} Wikipedia articles {selection}, as collected by the package
 `{WIKI_DISTRIBUTION}` (the package itself is GPL-3.0-or-later); titles and texts are used unchanged. Wikipedia text is available under the Creative Commons Attribution-ShareAlike license
 (CC BY-SA 4.0; contributions before June 2023 under CC BY-SA 3.0): https://creativecommons.org/licenses/by-sa/4.0/
-Each record's `title` names its article, https://fr.wikipedia.org/wiki/<title>, whose history lists the
+Each record's `title` names its article, https://{lang}.wikipedia.org/wiki/<title>, whose history lists the
 authors. A derived work must be shared under the same license.
 """
     return text.encode("utf-8")
 
 
-def _sources(faq_dir: Path) -> dict[str, Any]:
+def _sources(faq_dir: Path, edition: FaqEdition = FRENCH) -> dict[str, Any]:
     return {
         "debian_faq": {
-            "package": FAQ_PACKAGE,
-            "version": faq_package_version(faq_dir),
+            "package": edition.package,
+            "version": faq_package_version(faq_dir, edition),
             "url": "https://www.debian.org/doc/FAQ/",
             "license": "Debian FAQ permission notice (verbatim and modified copies), see LICENSE.md",
             "copyright": "Software in the Public Interest",
@@ -208,8 +222,8 @@ def _sources(faq_dir: Path) -> dict[str, Any]:
         "wikipedia": {
             "package": WIKI_DISTRIBUTION,
             "version": wiki_package_version(),
-            "file": wiki_summaries_path(WIKI_LANG).name,
-            "file_sha256": wiki_summaries_sha256(WIKI_LANG),
+            "file": wiki_summaries_path(edition.language).name,
+            "file_sha256": wiki_summaries_sha256(edition.language),
             "license": "CC BY-SA 4.0 (Wikipedia text); package GPL-3.0-or-later",
         },
     }
@@ -298,30 +312,40 @@ def _finish(out_dir: Path, files: dict[str, bytes], provenance: dict[str, Any]) 
     return provenance
 
 
-def prepare_demo(out_dir: Path, cache_dir: Path, wiki_limit: int | None = None) -> dict[str, Any]:
-    """Build the demo dataset: every French Debian FAQ section as an HTML file, its questions as queries, and the
-    French Wikipedia summaries as the haystack.
+def prepare_demo(out_dir: Path, cache_dir: Path, wiki_limit: int | None = None, language: str = "fr") -> dict[str, Any]:
+    """Build the demo dataset: every Debian FAQ section as an HTML file, its questions as queries, and the
+    Wikipedia summaries as the haystack, all in one language.
 
     Args:
         out_dir: The dataset folder to write (replaced atomically; left alone if already identical).
-        cache_dir: Where the ``debian-faq-fr`` package is downloaded and extracted if not installed.
+        cache_dir: Where the FAQ's package (``debian-faq-fr``, ``debian-faq``) is downloaded and extracted if not
+            installed.
         wiki_limit: Keep only the first N Wikipedia documents; None for all.
+        language: ``fr`` (the demo) or ``en``.
+
+    Raises:
+        ValueError: For a language with no FAQ edition here.
 
     Returns:
         The provenance written to ``dataset.json``: sources, counts and the sha256 of every other file.
     """
-    faq_dir = ensure_faq_dir(Path(cache_dir))
-    sections = parse_faq(faq_dir)
-    wiki = load_wiki_summaries(WIKI_LANG, limit=wiki_limit)
-    files = _faq_files(sections)
+    if language not in EDITIONS:
+        raise ValueError(f"language={language!r}: the Debian FAQ editions here are {sorted(EDITIONS)}")
+    edition = EDITIONS[language]
+    faq_dir = ensure_faq_dir(Path(cache_dir), edition)
+    sections = parse_faq(faq_dir, edition)
+    wiki = load_wiki_summaries(language, limit=wiki_limit)
+    files = _faq_files(sections, language)
     files["corpus.jsonl"] = _jsonl(_wiki_record(d) for d in wiki)
-    files["LICENSE.md"] = _license_md(faq_dir)
+    files["LICENSE.md"] = _license_md(faq_dir, edition)
     counts = {
         "faq_documents": len(sections),
         "wiki_documents": len(wiki),
         "queries": sum(s.is_question for s in sections),
     }
-    provenance = _provenance("rag-spark-demo-fr", _sources(faq_dir), counts, files, wiki_limit=wiki_limit)
+    provenance = _provenance(
+        f"rag-spark-demo-{language}", _sources(faq_dir, edition), counts, files, wiki_limit=wiki_limit
+    )
     return _finish(Path(out_dir), files, provenance)
 
 
@@ -363,7 +387,7 @@ def prepare_tiny(out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     faq_dir = ensure_faq_dir(Path(cache_dir))
     all_sections = parse_faq(faq_dir)
     sections = _pick_sections(all_sections, TINY_QUESTION_ANCHORS + TINY_OTHER_ANCHORS)
-    wiki = _pick_wiki(load_wiki_summaries(WIKI_LANG), TINY_WIKI_TITLES)
+    wiki = _pick_wiki(load_wiki_summaries(FRENCH.language), TINY_WIKI_TITLES)
     files = _faq_files(sections)
 
     duplicate_of = wiki[0]
@@ -412,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--cache", type=Path, default=Path(".cache/debian-faq-fr"), help="package cache")
     parser.add_argument("--wiki-limit", type=int, default=None, help="demo only: first N Wikipedia documents")
+    parser.add_argument("--language", choices=sorted(EDITIONS), default="fr", help="demo only: the FAQ's language")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.which == "demo":
-        provenance = prepare_demo(args.out, args.cache, wiki_limit=args.wiki_limit)
+        provenance = prepare_demo(args.out, args.cache, wiki_limit=args.wiki_limit, language=args.language)
     else:
         provenance = prepare_tiny(args.out, args.cache)
     logger.info("counts: %s", provenance["counts"])
