@@ -10,10 +10,11 @@
 - **Pseudo-relevance feedback** (Rocchio): the e5 query vector moved toward the mean of the vectors of the hybrid's
   first k chunks, `q + beta * mean`, re-normalized, searched again and fused with BM25 as the hybrid is. The (k, beta)
   grid is scanned on the held-out questions themselves, so its best row is optimistic.
-- **Learned fusion**: a logistic regression over per-candidate features (e5 cosine and its gap to the question's best,
-  BM25 score over the question's best, reciprocal ranks in both lists, log ranks; with `--finetuned`, the fine-tuned
-  e5's cosine too; USE's cosine) fitted on the candidates of the train-split questions (the union of both lists' top
-  30, label = chunk of a gold document), applied to the held-out questions' candidates. C = 1, class-balanced.
+- **Learned fusion**: a logistic regression over per-candidate features (e5 cosine and its gap to the best
+  candidate's, BM25 score over the question's best, reciprocal ranks in both lists, log ranks; USE's cosine; with
+  `--finetuned`, the fine-tuned e5's cosine too; each cosine with its gap) fitted on the candidates of the train-split
+  questions (the union of both lists' top 30, label = chunk of a gold document), applied to the held-out questions'
+  candidates. C = 1, class-balanced.
 
 The e5 lists are exact searches over the lake's `embeddings` rows of the configured encoder (what the Flat index
 returns); BM25 is the pipeline's retriever. Same collapse to documents, metrics and paired comparisons as

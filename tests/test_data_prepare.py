@@ -200,7 +200,11 @@ def test_english_edition(tmp_path: Path) -> None:
     Wikipedia: chapter titles without "Chapter N.", section files in English with their cross-references rewritten,
     the English sources in the provenance and the license."""
     en = debian_faq.EDITIONS["en"]
-    faq_en = parse_faq(ensure_faq_dir(CACHE, en), en)
+    en_dir = ensure_faq_dir(CACHE, en)
+    faq_en = parse_faq(en_dir, en)
+    # Each edition's own package files are found next to its FAQ (not the fallback notice).
+    fr_dir = ensure_faq_dir(CACHE)
+    assert debian_faq.faq_copyright_text(en_dir, en) is not None and debian_faq.faq_copyright_text(fr_dir) is not None
     questions = [s for s in faq_en if s.is_question]
     assert len(questions) >= 100
     assert all(s.chapter and not s.chapter.startswith("Chapter") for s in faq_en)

@@ -153,7 +153,7 @@ def ensure_faq_dir(cache_dir: Path, edition: FaqEdition = FRENCH) -> Path:
         logger.info("using the installed Debian FAQ at %s", edition.system_dir)
         return edition.system_dir
     cache_dir = Path(cache_dir).resolve()
-    root = cache_dir / ("root" if edition == FRENCH else f"root-{edition.language}")
+    root = cache_dir / ("root" if edition.language == "fr" else f"root-{edition.language}")
     faq_dir = root / edition.subdir
     if _faq_html_files(faq_dir, edition):
         logger.info("reusing the extracted Debian FAQ at %s", faq_dir)

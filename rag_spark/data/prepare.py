@@ -439,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language", choices=sorted(EDITIONS), default="fr", help="demo only: the FAQ's language")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.which == "tiny" and args.language != "fr":
+        parser.error("tiny: the test fixture is French only")
     if args.which == "demo":
         provenance = prepare_demo(args.out, args.cache, wiki_limit=args.wiki_limit, language=args.language)
     else:
