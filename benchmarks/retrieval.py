@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only", help="comma-separated variant names to run")
     ap.add_argument("--query2doc", action="store_true", help="add query2doc expansion rows (LLM pseudo-answers)")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="'A vs B'",
+        help="an extra paired comparison of two rows by name (besides each row vs the best); repeatable",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -212,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     best = max(results, key=lambda r: r["mrr@10"])
     comparisons = {}
     pairs = [(r["name"], best["name"]) for r in results if r is not best]
+    for spec in args.compare:
+        a, sep, b = spec.partition(" vs ")
+        if not sep or a not in by_name or b not in by_name:
+            raise SystemExit(f"--compare {spec!r}: expected 'A vs B' with two row names of {sorted(by_name)}")
+        named_pairs.append((a, b))
     named_pairs = [(a, b) for a, b in named_pairs if a in by_name and b in by_name]
     named = expanded_pairs + named_pairs
     pairs = named + [p for p in pairs if p not in named and p[::-1] not in named]
