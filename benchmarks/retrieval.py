@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         keep = {s.strip() for s in args.only.split(",")}
         variants = {k: v for k, v in variants.items() if k in keep}
 
+    expanded_names = {f"{n} + query2doc" for n in variants} if args.query2doc else set()
+    for spec in args.compare:  # checked before the (long) runs
+        a, sep, b = spec.partition(" vs ")
+        if not sep or not {a, b} <= set(variants) | expanded_names:
+            raise SystemExit(f"--compare {spec!r}: expected 'A vs B' with two row names of {sorted(variants)}")
     results = [run_variant(name, cfg, spark, questions, qrels) for name, cfg in variants.items()]
     expanded_pairs = []
     if args.query2doc:
@@ -219,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(results, key=lambda r: r["mrr@10"])
     comparisons = {}
     pairs = [(r["name"], best["name"]) for r in results if r is not best]
-    for spec in args.compare:
-        a, sep, b = spec.partition(" vs ")
-        if not sep or a not in by_name or b not in by_name:
-            raise SystemExit(f"--compare {spec!r}: expected 'A vs B' with two row names of {sorted(by_name)}")
-        named_pairs.append((a, b))
+    named_pairs += [(a, b) for a, _, b in (spec.partition(" vs ") for spec in args.compare)]
     named_pairs = [(a, b) for a, b in named_pairs if a in by_name and b in by_name]
     named = expanded_pairs + named_pairs
     pairs = named + [p for p in pairs if p not in named and p[::-1] not in named]
