@@ -38,12 +38,14 @@ class FaqEdition:
 
     Attributes:
         language: ISO 639-1 code, also the files' infix (``basic-defs.fr.html``).
+        name: The language's English name ("French"), for notices.
         package: The Debian package.
         subdir: Where the HTML files lie in the package's file tree (and, installed, under ``/``).
         chapter_word: The word before a chapter's number in its ``h1`` ("Chapitre 1. ...").
     """
 
     language: str
+    name: str
     package: str
     subdir: Path
     chapter_word: str
@@ -61,8 +63,8 @@ class FaqEdition:
 
 
 EDITIONS = {
-    "fr": FaqEdition("fr", "debian-faq-fr", Path("usr/share/doc/debian/FAQ/fr"), "Chapitre"),
-    "en": FaqEdition("en", "debian-faq", Path("usr/share/doc/debian/FAQ"), "Chapter"),
+    "fr": FaqEdition("fr", "French", "debian-faq-fr", Path("usr/share/doc/debian/FAQ/fr"), "Chapitre"),
+    "en": FaqEdition("en", "English", "debian-faq", Path("usr/share/doc/debian/FAQ"), "Chapter"),
 }
 FRENCH = EDITIONS["fr"]
 PACKAGE = FRENCH.package

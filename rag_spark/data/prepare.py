@@ -97,7 +97,6 @@ _FAQ_NOTICE_FALLBACK = """\
 """
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-LANGUAGE_NAMES = {"fr": "French", "en": "English"}
 
 
 def _faq_link(language: str) -> re.Pattern[str]:
@@ -178,7 +177,7 @@ def _license_md(faq_dir: Path, edition: FaqEdition = FRENCH) -> bytes:
     if notice is None:
         logger.warning("no copyright file next to %s; using the notice of debian-faq-fr 11.1", faq_dir)
         notice = _FAQ_NOTICE_FALLBACK
-    language, lang = LANGUAGE_NAMES[edition.language], edition.language
+    language, lang = edition.name, edition.language
     package = edition.package
     translation = ", French translation" if lang == "fr" else ""
     selection = '("articles vitaux" level 4)' if lang == "fr" else "(vital articles)"
