@@ -43,7 +43,7 @@ os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
 from benchmarks.retrieval import variant  # noqa: E402
 from rag_spark import schema as S  # noqa: E402
-from rag_spark.config import PACKAGED_E5_TORCH, load_config  # noqa: E402
+from rag_spark.config import PACKAGED_E5_TORCH, PipelineConfig, load_config  # noqa: E402
 from rag_spark.embed.encoders import passage_text  # noqa: E402
 from rag_spark.embed.models import resolve_encoder  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
@@ -153,6 +153,16 @@ def train_cross_encoder(
     return model, tok, losses
 
 
+def held_out(config: Path) -> tuple[PipelineConfig, Pipeline, pd.DataFrame, set[str], pd.DataFrame]:
+    """The config, a hybrid pipeline over its lake, the questions, the held-out split's ids and its positive qrels."""
+    base = load_config(config)
+    p = Pipeline(variant(base, retrieve={"retriever": "hybrid"}))
+    queries = p.lake.read(S.QUERIES).toPandas()
+    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    qrels = lake_qrels(p.lake)
+    return base, p, queries, heldout, qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
@@ -171,13 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
-    base = load_config(args.config)
-    p = Pipeline(variant(base, retrieve={"retriever": "hybrid"}))
+    base, p, queries, heldout, qrels = held_out(args.config)
     lake = p.lake
-    queries = lake.read(S.QUERIES).toPandas()
-    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
-    qrels = lake_qrels(lake)
-    qrels = qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
     chunks = lake.read(S.CHUNKS).select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()
     text_of = {int(r.chunk_key): passage_text(r.title, r.text) for r in chunks.itertuples()}
     doc_of = {int(r.chunk_key): r.doc_id for r in chunks.itertuples()}

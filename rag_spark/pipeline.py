@@ -580,6 +580,7 @@ class Pipeline:
     def _retriever(self, chunks: DataFrame, res: StageResult) -> Iterator[Any]:
         """The configured retriever (see rag_spark.retrieve.retrievers); records the index builds it reads as
         stage inputs and closes a reranker's engine afterwards."""
+        from rag_spark.embed.encoders import passage_text
         from rag_spark.retrieve.retrievers import (
             BM25Retriever,
             ChunkTexts,
@@ -590,6 +591,13 @@ class Pipeline:
         )
 
         rcfg = self.cfg.retrieve
+        # A reranker reads every chunk's text; read the table once for it and for a BM25 build that needs the texts
+        texts: dict[int, str] | None = None
+        if rcfg.rerank.method != "none":
+            texts = {
+                int(r.chunk_key): passage_text(r.title, r.text)
+                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+            }
         retriever: Retriever | None = None
         dense: Retriever | None = None
         lexical: Any = None
@@ -613,13 +621,16 @@ class Pipeline:
 
             lexical = OpenSearchBM25(external)  # the engine's BM25 over the same index
         elif rcfg.retriever in ("bm25", "hybrid"):
-            from rag_spark.embed.encoders import passage_text
             from rag_spark.retrieve.lexical import build_key, load_or_build
 
             source = f"{self.lake.path(S.CHUNKS)}@v{res.inputs['chunks']}"
             rows = (
-                (int(r.chunk_key), passage_text(r.title, r.text))
-                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+                iter(texts.items())
+                if texts is not None
+                else (
+                    (int(r.chunk_key), passage_text(r.title, r.text))
+                    for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+                )
             )
             bm25 = load_or_build(self.bm25_root, rcfg.bm25, source, rows, {"run_id": self.run_id})
             res.inputs[f"bm25:{build_key(rcfg.bm25, source)}"] = bm25.ntotal
@@ -634,15 +645,10 @@ class Pipeline:
             retriever = HybridRetriever(dense, lexical, f.method, f.dense_weight, f.rrf_k, f.depth)
         assert retriever is not None
         reranker: Any = None
-        if rcfg.rerank.method != "none":
-            from rag_spark.embed.encoders import passage_text
+        if texts is not None:
             from rag_spark.retrieve.rerank import build_reranker
 
             reranker = build_reranker(rcfg.rerank, self.cfg.generate)
-            texts = {
-                int(r.chunk_key): passage_text(r.title, r.text)
-                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
-            }
             assert reranker is not None
             retriever = RerankedRetriever(retriever, reranker, ChunkTexts(texts), rcfg.rerank.top_n, rcfg.rerank.blend)
         try:

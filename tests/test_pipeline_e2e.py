@@ -269,6 +269,44 @@ def test_bm25_and_hybrid_retrieve_stages(run, spark) -> None:  # type: ignore[no
     assert mrr["bm25"] >= 0.5, mrr  # six French questions, 22 documents: stemmed BM25 finds their sections
 
 
+def test_reranked_retrieve_stage(run, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The retrieve stage with a cross-encoder over the hybrid's head, on BM25 settings never built before: the
+    chunks are read once for both the BM25 build (every chunk in it) and the reranker, and each question's reranked
+    head comes out in the cross-encoder's order (its head is untrained: the order, not relevance, is checked)."""
+    from sentence_transformers import CrossEncoder
+
+    from rag_spark.embed.encoders import passage_text
+    from rag_spark.embed.models import resolve_encoder
+    from rag_spark.retrieve.lexical import BM25Index
+
+    p, _, _ = run
+    ce = tmp_path / "ce"
+    CrossEncoder(resolve_encoder("packaged:all-MiniLM-L6-v2"), num_labels=1).save(str(ce))
+    cfg = p.cfg.with_dotted(
+        {
+            "retrieve.retriever": "hybrid",
+            "retrieve.bm25.k1": 1.1,  # a new BM25 build, made from the texts the reranker reads
+            "retrieve.rerank.method": "cross-encoder",
+            "retrieve.rerank.model": str(ce),
+            "retrieve.rerank.top_n": 5,
+        }
+    )
+    res = Pipeline(cfg, spark=spark).run(["retrieve"])["retrieve"]
+    chunks = p.lake.read(S.CHUNKS).select("chunk_id", "title", "text").toPandas()
+    (key,) = [k.removeprefix("bm25:") for k in res.inputs if k.startswith("bm25:")]
+    assert BM25Index.load(p.bm25_root / key).ntotal == len(chunks)
+    rows = p.lake.read(S.RETRIEVALS).where(F.col("config_hash") == cfg.stage_hash("retrieve")).toPandas()
+    questions = dict(p.lake.read(S.QUERIES).select("query_id", "text").toPandas().itertuples(index=False))
+    assert set(rows["query_id"]) == set(questions)
+    text_of = {r.chunk_id: passage_text(r.title, r.text) for r in chunks.itertuples()}
+    model = CrossEncoder(str(ce))
+    for qid, g in rows.groupby("query_id"):
+        head = g[g["score"] >= 1.0].sort_values("rank")  # reranked chunks score in [1, 2], the rest below 1
+        assert len(head) >= 2, (qid, g)
+        scores = model.predict([(questions[qid], text_of[c]) for c in head["chunk_id"]])
+        assert np.all(np.diff(np.asarray(scores).reshape(-1)) <= 1e-5), (qid, scores)
+
+
 def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """train-retriever on the tiny lake: split fixed and disjoint, synthetic questions stored, hard negatives mined
     from the index, a model folder that embeds differently from its base, and the embed/index/retrieve stages
