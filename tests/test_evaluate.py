@@ -41,6 +41,15 @@ def test_per_query_metrics_by_hand() -> None:
     assert m["mrr@3"].mean() == pytest.approx((1 + 1 / 3 + 0) / 3)
 
 
+def test_per_query_rows_and_their_interval_do_not_depend_on_read_order() -> None:
+    """Tables read back from Delta come in any order; the rows (and so a seeded bootstrap over them) do not."""
+    shuffled = per_query_metrics(QRELS.iloc[::-1], RUN.sample(frac=1.0, random_state=1), [1, 3], 3)
+    plain = per_query_metrics(QRELS, RUN, [1, 3], 3)
+    assert list(shuffled["query_id"]) == ["q1", "q2", "q3"]
+    pd.testing.assert_frame_equal(shuffled, plain)
+    assert bootstrap_ci(shuffled["mrr@3"].to_numpy(), seed=0) == bootstrap_ci(plain["mrr@3"].to_numpy(), seed=0)
+
+
 def test_curve_is_monotone_in_recall() -> None:
     c = at_k_curve(QRELS, RUN, 3)
     assert list(c["k"]) == [1, 2, 3]

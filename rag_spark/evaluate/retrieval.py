@@ -40,7 +40,9 @@ def _calc(qrels: pd.DataFrame, run: pd.DataFrame, names: dict[str, Any]) -> pd.D
     r["score"] = 1.0 / r["rank"].astype(float)
     r = r[["query_id", "doc_id", "score"]].astype({"query_id": str, "doc_id": str})
     by_measure = {str(m): name for name, m in names.items()}
-    rows: dict[str, dict[str, float]] = {qid: {} for qid in q["query_id"].unique()}
+    # One row per question in query-id order, whatever order the tables were read in: a bootstrap over the rows
+    # (evaluate.stats) then gives the same interval on every rerun.
+    rows: dict[str, dict[str, float]] = {qid: {} for qid in sorted(q["query_id"].unique())}
     if len(r) and len(q):
         for m in ir_measures.iter_calc(list(names.values()), q, r):
             if m.query_id in rows:
