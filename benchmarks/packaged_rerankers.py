@@ -34,12 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
-from benchmarks.rerank_probes import BLENDS, blended, doc_run, held_out, summary, write_results  # noqa: E402
+from benchmarks.rerank_probes import BLENDS, blended, doc_run, held_out, search_hits, summary, write_results  # noqa: E402
 from rag_spark import schema as S  # noqa: E402
 from rag_spark.embed.encoders import passage_text  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
 from rag_spark.pipeline import StageResult  # noqa: E402
-from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
 
 log = logging.getLogger("bench.packaged_rerankers")
 
@@ -72,16 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    base, p, queries, heldout, qrels = held_out(args.config)
-    questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
+    base, p, questions, qrels = held_out(args.config)
     res = StageResult("benchmark")
     chunks_df = p._read(S.CHUNKS, res.inputs)
     chunks = chunks_df.select("chunk_key", "title", "text").toPandas()
     text_of = {int(r.chunk_key): passage_text(r.title, r.text) for r in chunks.itertuples()}
-    hits: dict[str, list[int]] = {}
     with p._retriever(chunks_df, res) as retriever:
-        for h in search_queries(questions, retriever, args.top_n * base.retrieve.chunk_headroom):
-            hits.setdefault(h.query_id, []).append(h.chunk_key)
+        hits = search_hits(questions, retriever, args.top_n * base.retrieve.chunk_headroom)
     hybrid = per_query_metrics(qrels, doc_run(p, hits, chunks_df), [1, 5, 10], 10).set_index("query_id")
     log.info("hybrid: MRR@10 %.3f over %d held-out questions", hybrid["mrr@10"].mean(), len(hybrid))
 

@@ -153,14 +153,24 @@ def train_cross_encoder(
     return model, tok, losses
 
 
-def held_out(config: Path) -> tuple[PipelineConfig, Pipeline, pd.DataFrame, set[str], pd.DataFrame]:
-    """The config, a hybrid pipeline over its lake, the questions, the held-out split's ids and its positive qrels."""
+def held_out(config: Path) -> tuple[PipelineConfig, Pipeline, list[tuple[str, str]], pd.DataFrame]:
+    """The config, a hybrid pipeline over its lake, the held-out questions (id, text; by id) and their positive
+    qrels."""
     base = load_config(config)
     p = Pipeline(variant(base, retrieve={"retriever": "hybrid"}))
-    queries = p.lake.read(S.QUERIES).toPandas()
+    queries = p.lake.read(S.QUERIES).toPandas().sort_values("query_id")
     heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    questions = [(r.query_id, r.text) for r in queries.itertuples() if r.query_id in heldout]
     qrels = lake_qrels(p.lake)
-    return base, p, queries, heldout, qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
+    return base, p, questions, qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
+
+
+def search_hits(questions: list[tuple[str, str]], retriever: Any, n: int) -> dict[str, list[int]]:
+    """Each question's first `n` chunk keys from `retriever`, best first."""
+    hits: dict[str, list[int]] = {}
+    for h in search_queries(questions, retriever, n):
+        hits.setdefault(h.query_id, []).append(h.chunk_key)
+    return hits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
-    base, p, queries, heldout, qrels = held_out(args.config)
+    base, p, questions, qrels = held_out(args.config)
+    heldout = {q for q, _ in questions}
     lake = p.lake
     chunks = lake.read(S.CHUNKS).select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()
     text_of = {int(r.chunk_key): passage_text(r.title, r.text) for r in chunks.itertuples()}
@@ -194,17 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--pairs-model {args.pairs_model}: its pairs include held-out questions")
     pairs = pairs[pairs["source"].isin(["qa", "synthetic"])]  # section pairs point at train_sections, not chunks
     train = [(f"t{i}", r.question, key_of[r.positive_chunk_id]) for i, r in enumerate(pairs.itertuples())]
-    questions = [(r.query_id, r.text) for r in queries.sort_values("query_id").itertuples() if r.query_id in heldout]
 
     res = StageResult("benchmark")
     chunks_df = p._read(S.CHUNKS, res.inputs)
-    hits: dict[str, list[int]] = {}
-    train_hits: dict[str, list[int]] = {}
     with p._retriever(chunks_df, res) as retriever:
-        for h in search_queries(questions, retriever, args.top_n * base.retrieve.chunk_headroom):
-            hits.setdefault(h.query_id, []).append(h.chunk_key)
-        for h in search_queries([(q, t) for q, t, _ in train], retriever, 4 * args.negatives):
-            train_hits.setdefault(h.query_id, []).append(h.chunk_key)
+        hits = search_hits(questions, retriever, args.top_n * base.retrieve.chunk_headroom)
+        train_hits = search_hits([(q, t) for q, t, _ in train], retriever, 4 * args.negatives)
     hybrid = per_query_metrics(qrels, doc_run(p, hits, chunks_df), [1, 5, 10], 10).set_index("query_id")
     log.info("hybrid: MRR@10 %.3f over %d held-out questions", hybrid["mrr@10"].mean(), len(hybrid))
 
