@@ -100,11 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, default=Path("data/demo"))
     prep.add_argument("--cache", type=Path, default=Path(".cache"))
     prep.add_argument("--wiki-limit", type=int, default=None, help="keep only the first N Wikipedia summaries")
+    from rag_spark.data.debian_faq import EDITIONS
+
     prep.add_argument(
         "--language",
-        choices=["fr", "en"],
+        choices=sorted(EDITIONS),
         default="fr",
-        help="the FAQ's and Wikipedia's language: fr (the demo) or en (the same dataset in English)",
+        help="the FAQ's and Wikipedia's language: "
+        + ", ".join(f"{code} ({edition.name})" for code, edition in sorted(EDITIONS.items()))
+        + "; fr is the demo",
     )
     prep.add_argument("--tiny", action="store_true", help="build the tiny test fixture instead")
     docs = data_sub.add_parser(

@@ -58,3 +58,15 @@ def test_data_prepare_tiny_is_french_only(tmp_path: Path) -> None:
     res = _cli("data", "prepare", "--tiny", "--language", "en", "--out", str(tmp_path / "t"))
     assert res.returncode == 2 and "French only" in res.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_data_prepare_offers_exactly_the_faq_editions() -> None:
+    from rag_spark.cli import build_parser
+    from rag_spark.data.debian_faq import EDITIONS
+
+    parser = build_parser()
+    for code in EDITIONS:
+        assert parser.parse_args(["data", "prepare", "--language", code]).language == code
+    res = _cli("data", "prepare", "--language", "de")
+    assert res.returncode == 2 and "invalid choice: 'de'" in res.stderr
+    assert all(f"'{code}'" in res.stderr for code in EDITIONS)
