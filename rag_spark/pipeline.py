@@ -591,67 +591,72 @@ class Pipeline:
         )
 
         rcfg = self.cfg.retrieve
-        # A reranker reads every chunk's text; read the table once for it and for a BM25 build that needs the texts
-        texts: dict[int, str] | None = None
-        if rcfg.rerank.method != "none":
-            texts = {
-                int(r.chunk_key): passage_text(r.title, r.text)
-                for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
-            }
-        retriever: Retriever | None = None
-        dense: Retriever | None = None
-        lexical: Any = None
-        external: Any = None
-        backend = self.cfg.index.backend
-        if rcfg.retriever in ("dense", "hybrid") or (backend == "opensearch" and rcfg.retriever == "bm25"):
-            from rag_spark.embed.encoders import build_encoder
-
-            encoder = build_encoder(self.cfg.embed)
-            if backend == "faiss":
-                from rag_spark.index.search import ShardedIndex
-
-                index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
-                res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
-                dense = DenseRetriever(encoder, index)
-            else:
-                external = self._external_index(res, encoder)
-                dense = DenseRetriever(encoder, external)
-        if backend == "opensearch" and rcfg.retriever in ("bm25", "hybrid"):
-            from rag_spark.index.backends import OpenSearchBM25
-
-            lexical = OpenSearchBM25(external)  # the engine's BM25 over the same index
-        elif rcfg.retriever in ("bm25", "hybrid"):
-            from rag_spark.retrieve.lexical import build_key, load_or_build
-
-            source = f"{self.lake.path(S.CHUNKS)}@v{res.inputs['chunks']}"
-            rows = (
-                iter(texts.items())
-                if texts is not None
-                else (
-                    (int(r.chunk_key), passage_text(r.title, r.text))
-                    for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
-                )
-            )
-            bm25 = load_or_build(self.bm25_root, rcfg.bm25, source, rows, {"run_id": self.run_id})
-            res.inputs[f"bm25:{build_key(rcfg.bm25, source)}"] = bm25.ntotal
-            lexical = BM25Retriever(bm25)
-        if rcfg.retriever == "dense":
-            retriever = dense
-        elif rcfg.retriever == "bm25":
-            retriever = lexical
-        else:
-            f = rcfg.fusion
-            assert dense is not None and lexical is not None
-            retriever = HybridRetriever(dense, lexical, f.method, f.dense_weight, f.rrf_k, f.depth)
-        assert retriever is not None
         reranker: Any = None
-        if texts is not None:
+        if rcfg.rerank.method != "none":
             from rag_spark.retrieve.rerank import build_reranker
 
+            # Built first: a bad reranker setting (a model path that is not there) fails before any table is read
             reranker = build_reranker(rcfg.rerank, self.cfg.generate)
             assert reranker is not None
-            retriever = RerankedRetriever(retriever, reranker, ChunkTexts(texts), rcfg.rerank.top_n, rcfg.rerank.blend)
+        external: Any = None
         try:
+            # A reranker reads every chunk's text; read the table once for it and for a BM25 build that needs them
+            texts: dict[int, str] | None = None
+            if reranker is not None:
+                texts = {
+                    int(r.chunk_key): passage_text(r.title, r.text)
+                    for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+                }
+            retriever: Retriever | None = None
+            dense: Retriever | None = None
+            lexical: Any = None
+            backend = self.cfg.index.backend
+            if rcfg.retriever in ("dense", "hybrid") or (backend == "opensearch" and rcfg.retriever == "bm25"):
+                from rag_spark.embed.encoders import build_encoder
+
+                encoder = build_encoder(self.cfg.embed)
+                if backend == "faiss":
+                    from rag_spark.index.search import ShardedIndex
+
+                    index = ShardedIndex(self.index_root, self.cfg.index, self.cfg.embed)
+                    res.inputs[f"index:{index.manifest.build_id}"] = index.ntotal
+                    dense = DenseRetriever(encoder, index)
+                else:
+                    external = self._external_index(res, encoder)
+                    dense = DenseRetriever(encoder, external)
+            if backend == "opensearch" and rcfg.retriever in ("bm25", "hybrid"):
+                from rag_spark.index.backends import OpenSearchBM25
+
+                lexical = OpenSearchBM25(external)  # the engine's BM25 over the same index
+            elif rcfg.retriever in ("bm25", "hybrid"):
+                from rag_spark.retrieve.lexical import build_key, load_or_build
+
+                source = f"{self.lake.path(S.CHUNKS)}@v{res.inputs['chunks']}"
+                rows = (
+                    iter(texts.items())
+                    if texts is not None
+                    else (
+                        (int(r.chunk_key), passage_text(r.title, r.text))
+                        for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
+                    )
+                )
+                bm25 = load_or_build(self.bm25_root, rcfg.bm25, source, rows, {"run_id": self.run_id})
+                res.inputs[f"bm25:{build_key(rcfg.bm25, source)}"] = bm25.ntotal
+                lexical = BM25Retriever(bm25)
+            if rcfg.retriever == "dense":
+                retriever = dense
+            elif rcfg.retriever == "bm25":
+                retriever = lexical
+            else:
+                f = rcfg.fusion
+                assert dense is not None and lexical is not None
+                retriever = HybridRetriever(dense, lexical, f.method, f.dense_weight, f.rrf_k, f.depth)
+            assert retriever is not None
+            if reranker is not None:
+                assert texts is not None
+                retriever = RerankedRetriever(
+                    retriever, reranker, ChunkTexts(texts), rcfg.rerank.top_n, rcfg.rerank.blend
+                )
             yield retriever
         finally:
             close = getattr(reranker, "close", None)

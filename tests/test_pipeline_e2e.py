@@ -307,6 +307,27 @@ def test_reranked_retrieve_stage(run, spark, tmp_path) -> None:  # type: ignore[
         assert np.all(np.diff(np.asarray(scores).reshape(-1)) <= 1e-5), (qid, scores)
 
 
+def test_bad_reranker_fails_before_the_retriever_is_built(run, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A cross-encoder path that is not there stops the retrieve stage with an error naming it, before the chunks
+    are read and before a BM25 build for new settings is made; no retrievals are written for that config."""
+    p, _, _ = run
+    missing = tmp_path / "no-such-cross-encoder"
+    cfg = p.cfg.with_dotted(
+        {
+            "retrieve.retriever": "hybrid",
+            "retrieve.bm25.k1": 1.7,  # settings no other test builds
+            "retrieve.rerank.method": "cross-encoder",
+            "retrieve.rerank.model": str(missing),
+        }
+    )
+    builds_before = sorted(p.bm25_root.glob("*"))
+    with pytest.raises(FileNotFoundError, match="no-such-cross-encoder"):
+        Pipeline(cfg, spark=spark).run(["retrieve"])
+    assert sorted(p.bm25_root.glob("*")) == builds_before
+    written = p.lake.read(S.RETRIEVALS).where(F.col("config_hash") == cfg.stage_hash("retrieve")).count()
+    assert written == 0
+
+
 def test_train_retriever_end_to_end(run, spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """train-retriever on the tiny lake: split fixed and disjoint, synthetic questions stored, hard negatives mined
     from the index, a model folder that embeds differently from its base, and the embed/index/retrieve stages
