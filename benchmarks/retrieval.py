@@ -37,7 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
 from rag_spark import schema as S  # noqa: E402
-from rag_spark.config import PACKAGED_E5_TORCH, PACKAGED_MINILM, PipelineConfig, load_config  # noqa: E402
+from rag_spark.config import PACKAGED_E5_TORCH, PACKAGED_MINILM, PipelineConfig, TrainConfig, load_config  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
 from rag_spark.evaluate.run import lake_qrels  # noqa: E402
 from rag_spark.evaluate.stats import bootstrap_ci, paired_comparison  # noqa: E402
@@ -51,9 +51,29 @@ log = logging.getLogger("bench.retrieval")
 METRICS = ["mrr@10", "recall@1", "recall@5", "recall@10", "ndcg@10"]
 # train.base_model -> (label of its fine-tuned rows, its own dense row, the hybrid row its tuned hybrid is compared to)
 FINE_TUNABLE = {
-    PACKAGED_MINILM: ("MiniLM", "dense MiniLM", "dense MiniLM"),
+    PACKAGED_MINILM: ("MiniLM", "dense MiniLM", "hybrid MiniLM + bm25 (rrf)"),
     PACKAGED_E5_TORCH: ("e5-small", "dense e5-small (torch export)", "hybrid e5 + bm25 (rrf)"),
 }
+
+
+# Training settings named in a fine-tuned row's name when they differ from TrainConfig's defaults
+NAMED_SETTINGS = {
+    "epochs": "{} epochs",
+    "learning_rate": "lr {:g}",
+    "batch_size": "batch {}",
+    "hard_negatives": "{} negatives",
+}
+
+
+def settings_note(settings: dict[str, Any]) -> str:
+    """The NAMED_SETTINGS that differ from their defaults, for a row name: ' (4 epochs)'; '' when none do."""
+    defaults = TrainConfig()
+    parts = [
+        fmt.format(settings[key])
+        for key, fmt in NAMED_SETTINGS.items()
+        if key in settings and settings[key] != getattr(defaults, key)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def variant(base: PipelineConfig, **sections: dict[str, Any]) -> PipelineConfig:
@@ -192,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         # A model trained with section pairs (train.section_docs) is named apart, and compared with the same base
         # trained without them when both are given.
         with_sections = meta["pairs"].get("section", 0) > 0
-        tuned = f"{label} fine-tuned" + (" + section pairs" if with_sections else "")
+        tuned = f"{label} fine-tuned" + (" + section pairs" if with_sections else "") + settings_note(meta["settings"])
+        if f"dense {tuned}" in variants:
+            raise SystemExit(f"--finetuned {folder}: a model given before it has the same row name ({tuned!r})")
         ft = {**st_embed, "model": str(folder.resolve())}
         variants[f"dense {tuned}"] = variant(base, embed=ft, retrieve={"retriever": "dense"})
         variants[f"hybrid {tuned} + bm25 (rrf)"] = variant(base, embed=ft, retrieve={"retriever": "hybrid"})
