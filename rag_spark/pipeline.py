@@ -601,12 +601,11 @@ class Pipeline:
         external: Any = None
         try:
             # A reranker reads every chunk's text; read the table once for it and for a BM25 build that needs them
-            texts: dict[int, str] | None = None
-            if reranker is not None:
-                texts = {
-                    int(r.chunk_key): passage_text(r.title, r.text)
-                    for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
-                }
+            def chunk_texts() -> Iterator[tuple[int, str]]:
+                for r in chunks.select("chunk_key", "title", "text").toLocalIterator():
+                    yield int(r.chunk_key), passage_text(r.title, r.text)
+
+            texts = dict(chunk_texts()) if reranker is not None else None
             retriever: Retriever | None = None
             dense: Retriever | None = None
             lexical: Any = None
@@ -632,14 +631,7 @@ class Pipeline:
                 from rag_spark.retrieve.lexical import build_key, load_or_build
 
                 source = f"{self.lake.path(S.CHUNKS)}@v{res.inputs['chunks']}"
-                rows = (
-                    iter(texts.items())
-                    if texts is not None
-                    else (
-                        (int(r.chunk_key), passage_text(r.title, r.text))
-                        for r in chunks.select("chunk_key", "title", "text").toLocalIterator()
-                    )
-                )
+                rows = iter(texts.items()) if texts is not None else chunk_texts()
                 bm25 = load_or_build(self.bm25_root, rcfg.bm25, source, rows, {"run_id": self.run_id})
                 res.inputs[f"bm25:{build_key(rcfg.bm25, source)}"] = bm25.ntotal
                 lexical = BM25Retriever(bm25)
