@@ -62,6 +62,7 @@ NAMED_SETTINGS = {
     "learning_rate": "lr {:g}",
     "batch_size": "batch {}",
     "hard_negatives": "{} negatives",
+    "synthetic_questions": "{} synthetic questions",
 }
 
 
