@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -654,6 +656,7 @@ class DevTools:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers (zygote, renderer, crashpad) share the group: close() ends them all
         )
         port_file = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -706,11 +709,26 @@ class DevTools:
         ws = getattr(self, "ws", None)
         if ws is not None:
             ws.close()
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # The helpers outlive the browser process by a moment and still write into the profile (a CI run once failed
+        # removing it: "Directory not empty: 'Default'"): wait until the group is gone, then kill what is left.
+        deadline = time.monotonic() + 10
+        while self._signal_group(0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> bool:
+        """Send `sig` to chromium's process group; False when no process of it is left."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def _xss_inputs() -> ReportInputs:
