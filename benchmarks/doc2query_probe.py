@@ -72,11 +72,43 @@ def haystack(chunks: pd.DataFrame, gold_docs: set[str], others: int, seed: int) 
     return chunks[inside | chunks["doc_id"].isin(drawn)].sort_values("chunk_id").reset_index(drop=True)
 
 
+def few_shot(
+    queries: pd.DataFrame, qrels: pd.DataFrame, heldout: set[str], chunks: pd.DataFrame, n: int, seed: int
+) -> list[tuple[str, str]]:
+    """`n` train-split questions (seeded) with the text of their gold document's first chunk; never a held-out one,
+    nor one in another language than its passage (the FAQ keeps a few headings untranslated)."""
+    import py3langid
+
+    if n <= 0:
+        return []
+    train = queries[~queries["query_id"].isin(heldout)].reset_index(drop=True)
+    gold = qrels[qrels["score"] > 0].groupby("query_id")["doc_id"].first()
+    first = chunks.sort_values("chunk_id").groupby("doc_id").first()
+    picked = train.iloc[np.random.default_rng(seed).permutation(len(train))]
+    out = []
+    for r in picked.itertuples():
+        doc = gold.get(r.query_id)
+        if doc in first.index:
+            passage = passage_text(first.at[doc, "title"], first.at[doc, "text"])
+            if py3langid.classify(passage)[0] == py3langid.classify(r.text)[0]:
+                out.append((passage, r.text))
+        if len(out) == n:
+            break
+    log.info("few-shot examples: %s", [q for _, q in out])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     ap.add_argument("--others", type=int, default=1000, help="documents drawn from outside the gold collections")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--few-shot",
+        type=int,
+        default=0,
+        help="show the generator this many train-split questions over their gold document's first chunk",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "doc2query_demo")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -98,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub["chunk_key"].to_numpy()
     log.info("haystack: %d of %d chunks (%d documents)", len(sub), len(chunks), sub["doc_id"].nunique())
 
+    examples = few_shot(queries, lake_qrels(lake), heldout, chunks, args.few_shot, args.seed)
     t0 = time.perf_counter()
-    written = synthesize_questions(p, sub[["chunk_id", "doc_id", "title", "text"]], base.train)
+    written = synthesize_questions(p, sub[["chunk_id", "doc_id", "title", "text"]], base.train, examples)
     gen_seconds = time.perf_counter() - t0
     question_of = dict(zip(written["chunk_id"], written["question"], strict=True))
     log.info("questions: %d usable of %d chunks (%.0f s)", len(question_of), len(sub), gen_seconds)
@@ -171,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Held-out questions: {len(questions)}. Haystack: {len(sub)} of the {len(chunks)} chunks "
         f"({sub['doc_id'].nunique()} documents: the gold collections + {args.others} others, seed {args.seed}); "
         f"one generated question for {len(question_of)} of them by {base.train.synthetic_model} "
-        f"({gen_seconds:.0f} s to write them or read them from the `synthetic_questions` cache).",
+        f"({gen_seconds:.0f} s to write them or read them from the `synthetic_questions` cache); "
+        f"{len(examples)} train-split questions shown as examples.",
         "Expansion, paired (MRR@10): "
         + "; ".join(
             f"{k}: {c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], p={c['p']:.3g}, "
@@ -184,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "haystack_chunks": len(sub),
         "questions_written": len(question_of),
         "generation_seconds": round(gen_seconds, 1),
+        "few_shot": [q for _, q in examples],
         "expansion": expansion,
         "args": {k: str(v) for k, v in vars(args).items()},
     }

@@ -63,6 +63,36 @@ def tokenizer(smollm2_model: models_mod.ResolvedModel):  # type: ignore[no-untyp
 
 
 @needs_smollm2
+def test_synthetic_question_prompts_show_the_examples_first(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """train-retriever's (and the doc2query probe's) question-writing prompts: the language follows the passage,
+    few-shot examples come first as earlier assistant turns in order, passages are cut (examples to 160 tokens,
+    the chunk to 320), and the prompt (so its cache hash) changes with the examples."""
+    from rag_spark.retrieve.train import synthetic_prompts
+
+    chunk_fr, chunk_en = FR_CONTEXT[1][1], "Debian is a free operating system developed by volunteers."
+    long_fr = "Debian fournit " + " ".join(f"paquet{i}" for i in range(400))
+    zero = synthetic_prompts(tokenizer, [chunk_fr, chunk_en, long_fr])
+    assert "en français" in zero[0] and "in the language of the passage" in zero[1]
+    assert chunk_fr in zero[0] and chunk_en in zero[1]
+    assert all(p.count("<|im_start|>assistant") == 1 and p.endswith("<|im_start|>assistant\n") for p in zero)
+    ids = tokenizer.encode(long_fr, add_special_tokens=False)
+
+    def cut_at(prompt: str, n: int) -> bool:  # the passage appears cut after exactly n tokens
+        return tokenizer.decode(ids[:n]) in prompt and tokenizer.decode(ids[: n + 1]) not in prompt
+
+    assert len(ids) > 400 and cut_at(zero[2], 320)
+
+    shots = [(long_fr, "Quels paquets Debian fournit-il ?"), (FR_CONTEXT[2][1], "Quand sort la version stable ?")]
+    few = synthetic_prompts(tokenizer, [chunk_fr], shots)[0]
+    first, second, chunk = few.index("paquet0 "), few.index(FR_CONTEXT[2][1]), few.index(chunk_fr)
+    assert first < few.index("Quels paquets Debian") < second < few.index("Quand sort") < chunk
+    assert "<|im_start|>assistant\nQuels paquets Debian fournit-il ?<|im_end|>" in few
+    assert few.count("<|im_start|>assistant") == 3 and few.endswith("<|im_start|>assistant\n")
+    assert cut_at(few, 160)
+    assert few != zero[0] and few.endswith(zero[0][zero[0].index("<|im_start|>user") :])
+
+
+@needs_smollm2
 def test_prompt_templates_fr_en(tokenizer) -> None:  # type: ignore[no-untyped-def]
     cfg = GenerateConfig()
     fr = build_prompt("Qu'est-ce que Debian ?", FR_CONTEXT, tokenizer, cfg, language="fr")

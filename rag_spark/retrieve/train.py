@@ -32,6 +32,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,16 +122,43 @@ def synthetic_pool(
     return pool.sort_values("chunk_id")
 
 
-def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+def synthetic_prompts(tok: Any, texts: Sequence[str], examples: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """The chat prompt asking for one question about each of `texts` (cut to its first 320 tokens), in its language
+    (French or English); each (passage, question) of `examples` comes first as an earlier user / assistant turn,
+    its passage cut to 160 tokens. `tok` is the generator's tokenizer (its chat template)."""
+    import py3langid
+
+    def clip(text: str, tokens: int) -> str:
+        return str(tok.decode(tok.encode(text, add_special_tokens=False)[:tokens]))
+
+    shots = [(clip(passage, 160), question) for passage, question in examples]
+    prompts = []
+    for text in texts:
+        system, user = _SYNTH_PROMPTS["fr" if py3langid.classify(text)[0] == "fr" else "en"]
+        messages = [{"role": "system", "content": system}]
+        for passage, question in shots:
+            messages += [
+                {"role": "user", "content": user.format(p=passage)},
+                {"role": "assistant", "content": question},
+            ]
+        messages.append({"role": "user", "content": user.format(p=clip(text, 320))})
+        prompts.append(str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)))
+    return prompts
+
+
+def synthesize_questions(
+    p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig, examples: Sequence[tuple[str, str]] = ()
+) -> pd.DataFrame:
     """Questions for `chunks` (chunk_id, doc_id, title, text) from the LLM; cached in `synthetic_questions`.
 
-    A cached question is reused when its chunk, model, seed and exact prompt (hash) match, so changing the
-    template or the chunk text writes a new one. An output that is no usable question (`_clean_question`) is stored
+    `examples` ((passage, question) pairs, e.g. train-split questions over their gold text) are shown to the model
+    before each chunk (`synthetic_prompts`): few-shot prompting in the style of the user's own questions
+    (Promptagator, Dai et al. 2022). A cached question is reused when its
+    chunk, model, seed and exact prompt (hash) match, so changing the template, the examples or the chunk text
+    writes a new one. An output that is no usable question (`_clean_question`) is stored
     with an empty `question`, so a rerun does not ask again. Returns (chunk_id, doc_id, question) for the chunks
     that got a usable question.
     """
-    import py3langid
-
     from rag_spark.generate.ray_qa import make_generator
 
     gcfg = p.cfg.generate.model_copy(
@@ -141,18 +169,8 @@ def synthesize_questions(p: Pipeline, chunks: pd.DataFrame, cfg: TrainConfig) ->
     generator: Any = make_generator(gcfg)
     model = generator.model_id
     tok = generator.tokenizer
-    prompts = []
-    for r in chunks.itertuples():
-        text = passage_text(r.title, r.text)
-        system, user = _SYNTH_PROMPTS["fr" if py3langid.classify(text)[0] == "fr" else "en"]
-        ids = tok.encode(text, add_special_tokens=False)[:320]
-        prompts.append(
-            tok.apply_chat_template(
-                [{"role": "system", "content": system}, {"role": "user", "content": user.format(p=tok.decode(ids))}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        )
+
+    prompts = synthetic_prompts(tok, [passage_text(r.title, r.text) for r in chunks.itertuples()], examples)
     todo = chunks.assign(prompt=prompts, prompt_hash=[hashlib.sha256(x.encode()).hexdigest()[:16] for x in prompts])
     have = pd.DataFrame(columns=["chunk_id", "doc_id", "question", "prompt_hash"])
     if p.lake.exists(S.SYNTHETIC_QUESTIONS):
