@@ -1,11 +1,11 @@
 """Document expansion with generated questions (doc2query), measured on the held-out questions.
 
-    .venv/bin/python benchmarks/doc2query_probe.py --config configs/demo.yaml [--others 1000] \
+    .venv/bin/python benchmarks/doc2query_probe.py --config configs/demo.yaml [--others 1000] [--few-shot 3] \
         [--out benchmarks/results/doc2query_demo]
 
 The packaged generator writes, for every chunk, one question the chunk answers (the train-retriever's synthetic
-question prompt and cache, `synthetic_questions`; index-time work that never sees the evaluation questions). Three
-ways to use them:
+question prompt and cache, `synthetic_questions`; index-time work that never sees the evaluation questions); with
+`--few-shot N` it is first shown N train-split questions over their gold sections. Three ways to use them:
 - **BM25 over the expanded text** (title + text + question): Nogueira et al. 2019's doc2query;
 - **e5 over the expanded text**: the chunk is embedded with its question appended;
 - **question matching**: the generated questions are embedded as queries and the user's question is matched against
@@ -76,13 +76,14 @@ def few_shot(
     queries: pd.DataFrame, qrels: pd.DataFrame, heldout: set[str], chunks: pd.DataFrame, n: int, seed: int
 ) -> list[tuple[str, str]]:
     """`n` train-split questions (seeded) with the text of their gold document's first chunk; never a held-out one,
-    nor one in another language than its passage (the FAQ keeps a few headings untranslated)."""
+    nor one in another language than its passage (the FAQ keeps a few headings untranslated). `qrels`: the positive
+    ones."""
     import py3langid
 
     if n <= 0:
         return []
     train = queries[~queries["query_id"].isin(heldout)].reset_index(drop=True)
-    gold = qrels[qrels["score"] > 0].groupby("query_id")["doc_id"].first()
+    gold = qrels.groupby("query_id")["doc_id"].first()
     first = chunks.sort_values("chunk_id").groupby("doc_id").first()
     picked = train.iloc[np.random.default_rng(seed).permutation(len(train))]
     out = []
@@ -120,17 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     queries = lake.read(S.QUERIES).toPandas().sort_values("query_id")
     heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
     questions = [(r.query_id, r.text) for r in queries.itertuples() if r.query_id in heldout]
-    qrels = lake_qrels(lake)
-    qrels = qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
+    all_qrels = lake_qrels(lake)
+    all_qrels = all_qrels[all_qrels["score"] > 0]
+    qrels = all_qrels[all_qrels["query_id"].isin(heldout)]
     res = StageResult("benchmark")
     chunks_df = p._read(S.CHUNKS, res.inputs)
     chunks = chunks_df.select("chunk_key", "chunk_id", "doc_id", "title", "text").toPandas()
-    all_gold = set(lake_qrels(lake).query("score > 0")["doc_id"])
-    sub = haystack(chunks, all_gold, args.others, args.seed)
+    sub = haystack(chunks, set(all_qrels["doc_id"]), args.others, args.seed)
     keys = sub["chunk_key"].to_numpy()
     log.info("haystack: %d of %d chunks (%d documents)", len(sub), len(chunks), sub["doc_id"].nunique())
 
-    examples = few_shot(queries, lake_qrels(lake), heldout, chunks, args.few_shot, args.seed)
+    examples = few_shot(queries, all_qrels, heldout, chunks, args.few_shot, args.seed)
     t0 = time.perf_counter()
     written = synthesize_questions(p, sub[["chunk_id", "doc_id", "title", "text"]], base.train, examples)
     gen_seconds = time.perf_counter() - t0

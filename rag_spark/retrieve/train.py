@@ -153,11 +153,10 @@ def synthesize_questions(
 
     `examples` ((passage, question) pairs, e.g. train-split questions over their gold text) are shown to the model
     before each chunk (`synthetic_prompts`): few-shot prompting in the style of the user's own questions
-    (Promptagator, Dai et al. 2022). A cached question is reused when its
-    chunk, model, seed and exact prompt (hash) match, so changing the template, the examples or the chunk text
-    writes a new one. An output that is no usable question (`_clean_question`) is stored
-    with an empty `question`, so a rerun does not ask again. Returns (chunk_id, doc_id, question) for the chunks
-    that got a usable question.
+    (Promptagator, Dai et al. 2022). A cached question is reused when its chunk, model, seed and exact prompt (hash)
+    match, so changing the template, the examples or the chunk text writes a new one. An output that is no usable
+    question (`_clean_question`) is stored with an empty `question`, so a rerun does not ask again. Returns
+    (chunk_id, doc_id, question) for the chunks that got a usable question.
     """
     from rag_spark.generate.ray_qa import make_generator
 
@@ -169,7 +168,6 @@ def synthesize_questions(
     generator: Any = make_generator(gcfg)
     model = generator.model_id
     tok = generator.tokenizer
-
     prompts = synthetic_prompts(tok, [passage_text(r.title, r.text) for r in chunks.itertuples()], examples)
     todo = chunks.assign(prompt=prompts, prompt_hash=[hashlib.sha256(x.encode()).hexdigest()[:16] for x in prompts])
     have = pd.DataFrame(columns=["chunk_id", "doc_id", "question", "prompt_hash"])
