@@ -40,25 +40,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
 from benchmarks.fusion_probes import DEPTH, Vectors, lake_vectors, rrf  # noqa: E402
-from benchmarks.rerank_probes import doc_run, summary, write_results  # noqa: E402
+from benchmarks.rerank_probes import doc_run, lake_split, search_hits, summary, write_results  # noqa: E402
 from benchmarks.retrieval import variant  # noqa: E402
 from rag_spark import schema as S  # noqa: E402
 from rag_spark.config import load_config  # noqa: E402
 from rag_spark.embed.encoders import build_encoder, passage_text  # noqa: E402
 from rag_spark.embed.models import model_id  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
-from rag_spark.evaluate.run import lake_qrels  # noqa: E402
 from rag_spark.evaluate.stats import paired_comparison  # noqa: E402
 from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
 from rag_spark.retrieve.lexical import BM25Index  # noqa: E402
-from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
+from rag_spark.retrieve.retrievers import BM25Retriever  # noqa: E402
 from rag_spark.retrieve.train import collection_of, synthesize_questions  # noqa: E402
 
 log = logging.getLogger("bench.doc2query")
-
-
-def bm25_lists(index: BM25Index, questions: list[tuple[str, str]]) -> dict[str, list[int]]:
-    return {qid: [int(k) for k in index.search(text, DEPTH)[0]] for qid, text in questions}
 
 
 def haystack(chunks: pd.DataFrame, gold_docs: set[str], others: int, seed: int) -> pd.DataFrame:
@@ -118,11 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.config)
     p = Pipeline(variant(base, retrieve={"retriever": "bm25"}))
     lake = p.lake
-    queries = lake.read(S.QUERIES).toPandas().sort_values("query_id")
-    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    queries, heldout, all_qrels = lake_split(base, p)
     questions = [(r.query_id, r.text) for r in queries.itertuples() if r.query_id in heldout]
-    all_qrels = lake_qrels(lake)
-    all_qrels = all_qrels[all_qrels["score"] > 0]
     qrels = all_qrels[all_qrels["query_id"].isin(heldout)]
     res = StageResult("benchmark")
     chunks_df = p._read(S.CHUNKS, res.inputs)
@@ -151,16 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     with_q = sub[sub["chunk_id"].isin(question_of)]
     qq = Vectors(with_q["chunk_key"].to_numpy(), encoder.encode_queries([question_of[c] for c in with_q["chunk_id"]]))
     log.info("e5: expanded chunks and generated questions embedded in %.0f s", time.perf_counter() - t0)
-    bm = bm25_lists(BM25Index.build(keys, texts, base.retrieve.bm25), questions)
-    bmx = bm25_lists(BM25Index.build(keys, expanded, base.retrieve.bm25), questions)
-    full_bm = bm25_lists(
-        BM25Index.build(
-            chunks["chunk_key"].to_numpy(),
-            [passage_text(r.title, r.text) for r in chunks.itertuples()],
-            base.retrieve.bm25,
-        ),
-        questions,
-    )
+
+    def bm25_lists(row_keys: np.ndarray, row_texts: list[str]) -> dict[str, list[int]]:
+        return search_hits(questions, BM25Retriever(BM25Index.build(row_keys, row_texts, base.retrieve.bm25)), DEPTH)
+
+    bm, bmx = bm25_lists(keys, texts), bm25_lists(keys, expanded)
+    full_bm = bm25_lists(chunks["chunk_key"].to_numpy(), [passage_text(r.title, r.text) for r in chunks.itertuples()])
 
     ids = [qid for qid, _ in questions]
     dense = {q: e5.search(q_vecs[i]) for i, q in enumerate(ids)}

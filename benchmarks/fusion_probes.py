@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAG_SPARK_PROGRESS", "0")
 
-from benchmarks.rerank_probes import doc_run, summary, write_results  # noqa: E402
+from benchmarks.rerank_probes import doc_run, lake_split, summary, write_results  # noqa: E402
 from benchmarks.retrieval import variant  # noqa: E402
 from rag_spark import schema as S  # noqa: E402
 from rag_spark import storage  # noqa: E402
@@ -49,11 +49,9 @@ from rag_spark.config import load_config  # noqa: E402
 from rag_spark.embed.encoders import build_encoder, passage_text  # noqa: E402
 from rag_spark.embed.models import model_id  # noqa: E402
 from rag_spark.evaluate.retrieval import per_query_metrics  # noqa: E402
-from rag_spark.evaluate.run import lake_qrels  # noqa: E402
 from rag_spark.pipeline import Pipeline, StageResult  # noqa: E402
 from rag_spark.retrieve.fusion import reciprocal_rank_fusion  # noqa: E402
 from rag_spark.retrieve.retrievers import search_queries  # noqa: E402
-from rag_spark.retrieve.splits import HELDOUT, split_ids  # noqa: E402
 
 log = logging.getLogger("bench.fusion_probes")
 DEPTH = 100  # each list's depth, as fusion.depth
@@ -149,11 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.config)
     p = Pipeline(variant(base, retrieve={"retriever": "bm25"}))
     lake = p.lake
-    queries = lake.read(S.QUERIES).toPandas().sort_values("query_id")
-    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    queries, heldout, qrels = lake_split(base, p)
     questions = [(r.query_id, r.text) for r in queries.itertuples()]
-    qrels = lake_qrels(lake)
-    qrels = qrels[qrels["score"] > 0]
     gold = qrels.groupby("query_id")["doc_id"].apply(set).to_dict()
     res = StageResult("benchmark")
     chunks_df = p._read(S.CHUNKS, res.inputs)

@@ -153,23 +153,29 @@ def train_cross_encoder(
     return model, tok, losses
 
 
+def lake_split(base: PipelineConfig, p: Pipeline) -> tuple[pd.DataFrame, set[str], pd.DataFrame]:
+    """The lake's questions (by id), the ids `base.splits` holds out, and the positive qrels of every question."""
+    queries = p.lake.read(S.QUERIES).toPandas().sort_values("query_id")
+    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    qrels = lake_qrels(p.lake)
+    return queries, heldout, qrels[qrels["score"] > 0]
+
+
 def held_out(config: Path) -> tuple[PipelineConfig, Pipeline, list[tuple[str, str]], pd.DataFrame]:
     """The config, a hybrid pipeline over its lake, the held-out questions (id, text; by id) and their positive
     qrels."""
     base = load_config(config)
     p = Pipeline(variant(base, retrieve={"retriever": "hybrid"}))
-    queries = p.lake.read(S.QUERIES).toPandas().sort_values("query_id")
-    heldout = set(split_ids(queries["query_id"], base.splits)[HELDOUT])
+    queries, heldout, qrels = lake_split(base, p)
     questions = [(r.query_id, r.text) for r in queries.itertuples() if r.query_id in heldout]
-    qrels = lake_qrels(p.lake)
-    return base, p, questions, qrels[(qrels["score"] > 0) & qrels["query_id"].isin(heldout)]
+    return base, p, questions, qrels[qrels["query_id"].isin(heldout)]
 
 
 def search_hits(questions: list[tuple[str, str]], retriever: Any, n: int) -> dict[str, list[int]]:
-    """Each question's first `n` chunk keys from `retriever`, best first."""
-    hits: dict[str, list[int]] = {}
+    """Each question's first `n` chunk keys from `retriever`, best first (an empty list when it found none)."""
+    hits: dict[str, list[int]] = {qid: [] for qid, _ in questions}
     for h in search_queries(questions, retriever, n):
-        hits.setdefault(h.query_id, []).append(h.chunk_key)
+        hits[h.query_id].append(h.chunk_key)
     return hits
 
 
