@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     docs.add_argument("--out", type=Path, default=Path("data/debian-docs-fr"))
     docs.add_argument("--cache", type=Path, default=Path(".cache"))
+    sec = data_sub.add_parser(
+        "sections",
+        help="a retrieval test set from a documentation folder: headings as queries over their sections (BEIR-style)",
+    )
+    sec.add_argument("--docs", type=Path, required=True, help="folder of HTML / Markdown pages")
+    sec.add_argument("--out", type=Path, required=True, help="dataset folder to write (replaced)")
+    sec.add_argument("--min-chars", type=int, default=80, help="drop sections with less text than this")
     models = sub.add_parser("models", help="convert packaged GGUF models into folders vLLM loads")
     models.add_argument("--config", type=Path)
     models.add_argument("--models-dir", type=Path, default=None)
@@ -307,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
             from rag_spark.data.debian_docs import prepare_debian_docs
 
             print(json.dumps(prepare_debian_docs(args.out, args.cache)["counts"]))
+            return 0
+        if args.command == "data" and args.data_command == "sections":
+            from rag_spark.data.section_qa import prepare_section_dataset
+
+            try:
+                print(json.dumps(prepare_section_dataset(args.docs, args.out, args.min_chars)["counts"]))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
             return 0
         if args.command == "data":
             from rag_spark.data.prepare import prepare_demo, prepare_tiny

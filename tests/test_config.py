@@ -105,3 +105,13 @@ def test_cli_sweep_and_report_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["sweep", "--config", str(bad)]) == 2
     assert "generate.modle: unknown field" in capsys.readouterr().err
     assert main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_shipped_configs_are_valid_and_sections_fr_is_best_without_a_generator() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    loaded = {p.stem: load_config(p) for p in sorted(configs.glob("*.yaml")) if not p.stem.startswith("sweep-")}
+    assert {"best", "demo", "tiny", "sections-fr"} <= set(loaded)
+    best, sections = loaded["best"].model_dump(), loaded["sections-fr"].model_dump()
+    assert sections["generate"].pop("backend") == "none"
+    best["generate"].pop("backend")
+    assert {k for k in best if best[k] != sections[k]} == {"dataset", "out"}

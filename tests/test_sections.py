@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
+from rag_spark.cli import main as cli_main
+from rag_spark.data.section_qa import prepare_section_dataset
 from rag_spark.retrieve.sections import clean_heading, read_sections, shingles
 
 LONG = "Ce paragraphe explique en détail la configuration du système et les fichiers concernés. "
@@ -209,3 +213,34 @@ def test_section_negatives_are_other_sections_the_model_ranks_high() -> None:
         sorted(n) == sorted(set(range(4)) - {i})
         for i, n in enumerate(_section_negatives(model, "", "", sections, cfg.model_copy(update={"hard_negatives": 3})))
     )
+
+
+def test_section_dataset_is_a_beir_folder_of_headings_over_sections(docs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sections"
+    (out / "stale").mkdir(parents=True)  # a previous folder is replaced whole
+    info = prepare_section_dataset(docs, out)
+    corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    queries = [json.loads(line) for line in (out / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
+    qrels = (out / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
+    assert qrels[0] == "query-id\tcorpus-id\tscore" and len(qrels) == len(queries) + 1
+    text_of = {d["_id"]: d["text"] for d in corpus}
+    heading_of = {q["_id"]: q["text"] for q in queries}
+    gold = dict(line.split("\t")[:2] for line in qrels[1:])
+    sections = {s.heading: s for s in read_sections(docs)}
+    # Each heading is one query whose one relevant document is its own section, whole, without the heading.
+    assert sorted(heading_of.values()) == sorted(sections) and len(corpus) == len(sections)
+    for qid, heading in heading_of.items():
+        assert text_of[gold[qid]] == sections[heading].text and heading not in text_of[gold[qid]]
+    assert all(line.endswith("\t1") for line in qrels[1:])
+    assert info["counts"] == {"sections": len(sections), "files": 5, "characters": sum(map(len, text_of.values()))}
+    assert sorted(p.name for p in out.iterdir()) == ["corpus.jsonl", "dataset.json", "qrels", "queries.jsonl"]
+    assert not (tmp_path / "sections.partial").exists()
+    assert (
+        json.loads((out / "dataset.json").read_text())["sha256"]["corpus.jsonl"]
+        == hashlib.sha256((out / "corpus.jsonl").read_bytes()).hexdigest()
+    )
+
+
+def test_section_dataset_cli_names_a_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["data", "sections", "--docs", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+    assert "data sections --docs: " in capsys.readouterr().err and not (tmp_path / "o").exists()

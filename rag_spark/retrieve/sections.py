@@ -124,18 +124,21 @@ def _markdown_sections(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def read_sections(root: str | Path, min_chars: int = 80, max_chars: int = 4000) -> list[Section]:
-    """Sections of every HTML / Markdown file under `root` (sorted by path), as described in the module docstring.
+def read_sections(
+    root: str | Path, min_chars: int = 80, max_chars: int = 4000, what: str = "train.section_docs"
+) -> list[Section]:
+    """Sections of every HTML / Markdown file under `root` (sorted by path), as described in the module docstring;
+    `what` names the setting `root` came from in errors and logs.
 
     Raises:
         ValueError: `root` is not a folder, or holds no HTML / Markdown file.
     """
     base = Path(root)
     if not base.is_dir():
-        raise ValueError(f"train.section_docs: {root} is not a folder")
+        raise ValueError(f"{what}: {root} is not a folder")
     files = sorted(f for f in base.rglob("*") if f.is_file() and f.suffix.lower() in HTML_SUFFIXES | MARKDOWN_SUFFIXES)
     if not files:
-        raise ValueError(f"train.section_docs: no HTML or Markdown file under {root}")
+        raise ValueError(f"{what}: no HTML or Markdown file under {root}")
     raw: list[tuple[str, str, str]] = []
     unreadable = 0
     for f in files:
@@ -148,7 +151,7 @@ def read_sections(root: str | Path, min_chars: int = 80, max_chars: int = 4000) 
             is_html = f.suffix.lower() in HTML_SUFFIXES
             found = _html_sections(decoded.text) if is_html else _markdown_sections(decoded.text)
         except (OSError, ValueError) as exc:
-            log.warning("train: section docs: skipping %s: %s", rel, exc)
+            log.warning("%s: skipping %s: %s", what, rel, exc)
             unreadable += 1
             continue
         raw.extend((rel, h, t) for h, t in found)
@@ -168,7 +171,8 @@ def read_sections(root: str | Path, min_chars: int = 80, max_chars: int = 4000) 
         sid = "section:" + hashlib.sha256(f"{rel}\0{i}\0{heading}".encode()).hexdigest()[:16]
         sections.append(Section(sid, str(base.resolve()), rel, heading, text[:max_chars]))
     log.info(
-        "train: %d sections with a distinct heading from %d files under %s (%d headed blocks, %d files unreadable)",
+        "%s: %d sections with a distinct heading from %d files under %s (%d headed blocks, %d files unreadable)",
+        what,
         len(sections),
         len(files) - unreadable,
         root,
