@@ -217,8 +217,15 @@ def test_section_negatives_are_other_sections_the_model_ranks_high() -> None:
 
 def test_section_dataset_is_a_beir_folder_of_headings_over_sections(docs: Path, tmp_path: Path) -> None:
     out = tmp_path / "sections"
-    (out / "stale").mkdir(parents=True)  # a previous folder is replaced whole
-    info = prepare_section_dataset(docs, out)
+    (out / "mine.txt").parent.mkdir(parents=True)
+    (out / "mine.txt").write_text("not a dataset")
+    with pytest.raises(ValueError, match=r"sections exists and is not a folder this command wrote"):
+        prepare_section_dataset(docs, out)  # a folder it did not write is never replaced
+    assert (out / "mine.txt").read_text() == "not a dataset"
+    (out / "mine.txt").unlink()
+    prepare_section_dataset(docs, out)
+    (out / "stale").mkdir()
+    info = prepare_section_dataset(docs, out)  # a folder it wrote is replaced whole
     corpus = [json.loads(line) for line in (out / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     queries = [json.loads(line) for line in (out / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
     qrels = (out / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()

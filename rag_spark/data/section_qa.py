@@ -18,7 +18,8 @@ Layout (BEIR-style, what `dataset` reads)::
     <out>/qrels/test.tsv   query-id, corpus-id, score (1)
     <out>/dataset.json     the folder read, counts, and the sha256 of every file above
 
-Written next to its final place and renamed, so a crash leaves the previous folder or none.
+Written next to its final place and renamed, so a crash leaves the previous folder or none. An existing `--out` is
+replaced only when this command wrote it (its `dataset.json`); any other non-empty folder is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ from rag_spark.retrieve.sections import read_sections
 logger = logging.getLogger(__name__)
 
 
+FORMAT = "BEIR-style corpus/queries/qrels: headings as queries over their sections (no answers)"
+
+
+def _format(folder: Path) -> str | None:
+    """The `format` of the `dataset.json` in `folder`, or None."""
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def query_id(section_id: str) -> str:
     return f"q/{section_id}"
 
@@ -43,7 +55,8 @@ def prepare_section_dataset(docs_dir: str | Path, out_dir: str | Path, min_chars
     """Writes the folder described in the module docstring; returns its `dataset.json` content.
 
     Raises:
-        ValueError: `docs_dir` is not a folder, holds no HTML / Markdown file, or no section with a distinct heading.
+        ValueError: `docs_dir` is not a folder, holds no HTML / Markdown file, or no section with a distinct heading;
+            `out_dir` is a non-empty folder this function did not write.
     """
     sections = read_sections(docs_dir, min_chars=min_chars, max_chars=10**9, what="data sections --docs")
     if not sections:
@@ -51,6 +64,8 @@ def prepare_section_dataset(docs_dir: str | Path, out_dir: str | Path, min_chars
             f"data sections --docs: no section with a distinct heading and >= {min_chars} characters in {docs_dir}"
         )
     out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and _format(out) != FORMAT:
+        raise ValueError(f"data sections --out: {out} exists and is not a folder this command wrote; choose another")
     files = {
         "corpus.jsonl": "".join(
             json.dumps({"_id": s.section_id, "title": "", "text": s.text}, ensure_ascii=False) + "\n" for s in sections
@@ -68,7 +83,7 @@ def prepare_section_dataset(docs_dir: str | Path, out_dir: str | Path, min_chars
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     info = {
-        "format": "BEIR-style corpus/queries/qrels: headings as queries over their sections (no answers)",
+        "format": FORMAT,
         "source": str(Path(docs_dir).resolve()),
         "counts": {
             "sections": len(sections),
