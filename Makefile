@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install jars opensearch data data-en debian-docs models browser postgres demo test test-slow test-all lint bench clean distclean
+.PHONY: install jars opensearch data data-en debian-docs debian-sections models browser postgres demo test test-slow test-all lint bench clean distclean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
@@ -68,6 +68,12 @@ data/debian-docs-fr/docs.json: $(VENV)/.installed
 
 debian-docs: data/debian-docs-fr/docs.json
 
+# The same pages as a retrieval test set: each heading a query over its section (configs/sections-fr.yaml).
+data/debian-sections-fr/dataset.json: data/debian-docs-fr/docs.json
+	$(RAG) data sections --docs data/debian-docs-fr --out data/debian-sections-fr
+
+debian-sections: data/debian-sections-fr/dataset.json
+
 # Packaged GGUF models -> Hugging Face folders vLLM loads (cached under models/).
 models/.prepared: $(VENV)/.installed
 	$(RAG) models packaged:SmolLM2-135M-Instruct packaged:Qwen2.5-Coder-0.5B-Instruct --models-dir models
@@ -117,4 +123,4 @@ clean:
 	rm -rf reports spark-warehouse metastore_db derby.log .pytest_cache
 
 distclean: clean
-	rm -rf $(VENV) .jars .opensearch .cache models data/demo data/demo-en
+	rm -rf $(VENV) .jars .opensearch .cache models data/demo data/demo-en data/debian-docs-fr data/debian-sections-fr
