@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     q_vecs = encoder.encoder.encode_queries([t for _, t in questions])
     ids = [qid for qid, _ in questions]
     runs: dict[str, dict[str, list[int]]] = {}
-    frames: dict[str, pd.DataFrame] = {}
+    frames: dict[str, Any] = {}  # Spark DataFrames: chunk_key, chunk_id, doc_id of each setting
     doc_lists: list[dict[str, list[int]]] = []  # every setting's dense and BM25 lists, as document indices
     doc_index = {d: i for i, d in enumerate(docs["doc_id"])}
     windows: dict[str, int] = {}
